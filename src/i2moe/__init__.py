@@ -1,0 +1,39 @@
+"""i2moe: interaction-aware multimodal classifiers (I2MoE, I2M2, DMIL) for the Hugging Face stack."""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoELeNetConfig, ModalityConfig
+from .fusion_i2moe import FUSION_BACKBONES, TokenLayout, build_fusion, register_fusion
+from .modeling_i2moe import I2MoEForClassification, I2MoEOutput, I2MoEPreTrainedModel
+from .towers_i2moe import I2MoEFeaturesModel, I2MoELeNetModel
+
+
+__version__ = "0.1.0"
+
+for _config_class, _model_class in (
+    (I2MoEConfig, I2MoEForClassification),
+    (I2MoEFeaturesConfig, I2MoEFeaturesModel),
+    (I2MoELeNetConfig, I2MoELeNetModel),
+):
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    AutoModel.register(_config_class, _model_class, exist_ok=True)
+    # `save_pretrained` then writes `auto_map` and copies the code files, so saved models load with
+    # `trust_remote_code=True` where this package is not installed.
+    _config_class.register_for_auto_class()
+    _model_class.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "FUSION_BACKBONES",
+    "I2MoEConfig",
+    "I2MoEFeaturesConfig",
+    "I2MoEFeaturesModel",
+    "I2MoEForClassification",
+    "I2MoELeNetConfig",
+    "I2MoELeNetModel",
+    "I2MoEOutput",
+    "I2MoEPreTrainedModel",
+    "ModalityConfig",
+    "TokenLayout",
+    "build_fusion",
+    "register_fusion",
+]

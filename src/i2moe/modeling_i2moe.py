@@ -1,0 +1,492 @@
+"""I2MoE for classification: modality towers, projection to shared tokens, null tokens for missing
+modalities, an interaction part and the task loss.
+
+The path of one batch, in `I2MoEForClassification.forward`:
+
+1. `embed_modalities`: each modality's inputs (`{name}_{tower_input}`) go through its tower once;
+   the tower's output is pooled (or resampled to P tokens), projected to width d and
+   layer-normed; rows whose `modality_mask` entry is 0 get the modality's learned null tokens.
+   Result: tokens `(B, T, d)`, T = sum of the modalities' token counts, in config order.
+2. `self.interaction(tokens)`: the interaction part chosen by `config.method` (`"vanilla"`: one
+   fusion backbone) returns logits and any auxiliary loss and interpretation outputs.
+3. The task loss for `config.problem_type`, plus the interaction part's auxiliary loss.
+
+This file travels with saved models as Hub remote code: it imports only its sibling files.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput, logging
+
+from .configuration_i2moe import I2MoEConfig, ModalityConfig, tower_hidden_size
+from .fusion_i2moe import TokenLayout, build_fusion
+from .towers_i2moe import BUILTIN_TOWERS
+
+
+logger = logging.get_logger(__name__)
+
+# Tower `forward` arguments the model routes from `{modality}_{argument}` inputs.
+TOWER_INPUT_ARGUMENTS = (
+    "input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask",
+    "input_values", "input_features", "features",
+)
+
+
+@dataclass
+class I2MoEOutput(ModelOutput):
+    r"""
+    Output of [`I2MoEForClassification`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): task loss plus the interaction
+            part's auxiliary loss; returned when `labels` are given.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): the prediction.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+@dataclass
+class InteractionOutput:
+    """What an interaction part returns: logits, an optional loss to add to the task loss, and
+    named extra outputs that become fields of `I2MoEOutput`."""
+
+    logits: torch.Tensor
+    auxiliary_loss: torch.Tensor | None = None
+    extra_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class VanillaFusion(nn.Module):
+    """The baseline interaction part: one fusion backbone on the modality tokens."""
+
+    def __init__(self, config: I2MoEConfig, layout: TokenLayout):
+        super().__init__()
+        self.backbone = build_fusion(config, layout, num_stacks=1)
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> InteractionOutput:
+        return InteractionOutput(logits=self.backbone(tokens[None])[0])
+
+
+# `config.method` -> interaction part; constructor `(config, layout)`, forward `(tokens, labels)`.
+INTERACTIONS: dict[str, type[nn.Module]] = {"vanilla": VanillaFusion}
+
+
+class TokenResampler(nn.Module):
+    """P learned queries attend over a tower's token sequence: `(B, L, d) -> (B, P, d)`."""
+
+    def __init__(self, hidden_size: int, num_tokens: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads if hidden_size % num_heads == 0 else 1
+        self.queries = nn.Parameter(torch.empty(num_tokens, hidden_size))
+        self.key_value = nn.Linear(hidden_size, 2 * hidden_size)
+        self.out = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        batch, length, width = tokens.shape
+        head_width = width // self.num_heads
+        key, value = self.key_value(tokens).view(batch, length, 2, self.num_heads, head_width).permute(2, 0, 3, 1, 4)
+        query = self.queries.to(key.dtype).view(1, -1, self.num_heads, head_width).transpose(1, 2).expand(batch, -1, -1, -1)
+        attn_mask = None if mask is None else mask[:, None, None, :].bool()
+        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
+        return self.out(attended.transpose(1, 2).reshape(batch, -1, width))
+
+    def init_parameters(self, std: float) -> None:
+        init.normal_(self.queries, mean=0.0, std=std)
+
+
+class ModalityProjection(nn.Module):
+    """A tower's output -> this modality's tokens `(B, P, d)`: pool (P = 1) or resample (P > 1),
+    project to the shared width d, layer-norm (so all modalities, null tokens and I2MoE's N(0, I)
+    perturbations share one scale)."""
+
+    def __init__(self, modality: ModalityConfig, config: I2MoEConfig):
+        super().__init__()
+        self.pooling = modality.pooling
+        self.projection = nn.Linear(tower_hidden_size(modality.tower), config.hidden_size)
+        self.resampler = (
+            TokenResampler(config.hidden_size, modality.num_tokens, config.fusion_num_heads)
+            if modality.num_tokens > 1
+            else None
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.layer_norm = nn.LayerNorm(config.hidden_size)
+
+    def forward(self, sequence: torch.Tensor, mask: torch.Tensor | None, pooler_output) -> torch.Tensor:
+        if self.resampler is not None:
+            tokens = self.resampler(self.projection(sequence), mask)
+        else:
+            tokens = self.projection(self._pool(sequence, mask, pooler_output))[:, None]
+        return self.layer_norm(self.dropout(tokens))
+
+    def _pool(self, sequence: torch.Tensor, mask: torch.Tensor | None, pooler_output) -> torch.Tensor:
+        if self.pooling == "cls":
+            return sequence[:, 0]
+        if self.pooling == "pooler":
+            if pooler_output is None:
+                raise ValueError("pooling='pooler' but this tower returns no `pooler_output`; use 'cls' or 'mean'")
+            return pooler_output.flatten(1)
+        if mask is None:
+            return sequence.mean(1)
+        weights = mask.to(sequence.dtype)[..., None]
+        return (sequence * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class I2MoEPreTrainedModel(PreTrainedModel):
+    config_class = I2MoEConfig
+    base_model_prefix = "i2moe"
+    main_input_name = "modality_mask"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["StackedTransformerBlock"]
+    # `forward` takes `**modality_inputs`; without this Trainer would pass `num_items_in_batch` and
+    # stop averaging the loss over gradient-accumulation steps (the reported loss would double).
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if hasattr(module, "init_parameters"):
+            module.init_parameters(std)
+        elif isinstance(module, I2MoEForClassification):
+            init.normal_(module.null_tokens, mean=0.0, std=1.0)
+        else:
+            super()._init_weights(module)
+
+
+class I2MoEForClassification(I2MoEPreTrainedModel):
+    r"""
+    Multimodal classifier (or regressor) over named modality towers.
+
+    Inputs are keyword arguments named `{modality}_{tower_input}`, e.g. `image_pixel_values`,
+    `text_input_ids`, `text_attention_mask`, `tabular_features` (see `input_names`), plus
+    `modality_mask` `(batch, num_modalities)` with 1 where a modality is present. A modality whose
+    mask entry is 0, or whose inputs are absent from the call, is replaced by its learned null
+    tokens; a modality absent for the whole batch skips its tower.
+
+    Note for `Trainer`: its default `remove_unused_columns=True` keeps only columns named like
+    `forward` arguments, and the `{modality}_{tower_input}` inputs are not fixed names. Set
+    `remove_unused_columns=False` (needed anyway when a processor runs in `with_transform`);
+    a call that receives no modality input at all raises an error saying so.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification
+    >>> config = I2MoEConfig(
+    ...     modalities=[{"name": "a", "tower": I2MoEFeaturesConfig(input_size=8)},
+    ...                 {"name": "b", "tower": I2MoEFeaturesConfig(input_size=4)}],
+    ...     hidden_size=32, fusion="transformer", num_labels=3,
+    ... )
+    >>> model = I2MoEForClassification(config)
+    >>> out = model(a_features=torch.randn(2, 8), b_features=torch.randn(2, 4),
+    ...             modality_mask=torch.tensor([[1, 1], [1, 0]]), labels=torch.tensor([0, 2]))
+    >>> out.logits.shape
+    torch.Size([2, 3])
+    ```
+    """
+
+    def __init__(self, config: I2MoEConfig, towers: dict[str, PreTrainedModel] | None = None):
+        super().__init__(config)
+        towers = dict(towers or {})
+        unknown = sorted(set(towers) - set(config.modality_names))
+        if unknown:
+            raise ValueError(f"towers given for unknown modalities {unknown}; the config has {config.modality_names}")
+        self.layout = TokenLayout(
+            tuple(config.modality_names), tuple(modality.num_tokens for modality in config.modalities)
+        )
+        self.towers = nn.ModuleDict()
+        for modality in config.modalities:
+            tower = towers.get(modality.name)
+            if tower is None:
+                tower = _build_tower(modality.tower)
+            else:
+                _mark_pretrained(tower)
+            modality.tower = tower.config  # one config object, so tower settings stay in sync
+            if modality.freeze:
+                tower.requires_grad_(False)
+            elif modality.pooling != "pooler" and isinstance(getattr(tower, "pooler", None), nn.Module):
+                # An unused pooler would get no gradient, which DDP reports as an error.
+                tower.pooler.requires_grad_(False)
+            self.towers[modality.name] = tower
+        self.projections = nn.ModuleDict(
+            {modality.name: ModalityProjection(modality, config) for modality in config.modalities}
+        )
+        self.null_tokens = nn.Parameter(torch.empty(self.layout.total_tokens, config.hidden_size))
+        self.interaction = INTERACTIONS[config.method](config, self.layout)
+        self._input_routes = {
+            f"{name}_{argument}": (name, argument)
+            for name, tower in self.towers.items()
+            for argument in _tower_arguments(tower)
+        }
+        self.post_init()
+
+    @property
+    def input_names(self) -> list[str]:
+        """The keyword arguments this model takes besides `labels`."""
+        return [*self._input_routes, "modality_mask"]
+
+    @classmethod
+    def from_pretrained_towers(
+        cls,
+        towers: dict[str, str | PreTrainedModel],
+        *,
+        pooling: dict[str, str] | None = None,
+        num_tokens: dict[str, int] | None = None,
+        freeze: dict[str, bool] | None = None,
+        tower_kwargs: dict[str, dict] | None = None,
+        **config_kwargs,
+    ) -> "I2MoEForClassification":
+        r"""
+        Build a model around pretrained towers, in the spirit of
+        `VisionTextDualEncoderModel.from_vision_text_pretrained`.
+
+        Args:
+            towers: modality name -> a Hub id or local path (loaded with `AutoModel.from_pretrained`)
+                or an already loaded `PreTrainedModel` (e.g. `CLIPVisionModel`), in modality order.
+            pooling, num_tokens, freeze: per-modality settings (see `ModalityConfig`).
+            tower_kwargs: per-modality keyword arguments for `AutoModel.from_pretrained`.
+            config_kwargs: the remaining `I2MoEConfig` arguments (`hidden_size`, `fusion`,
+                `num_labels`, `id2label`, ...).
+
+        The towers keep their pretrained weights bit for bit; every other weight is new and logged.
+
+        Example:
+
+        ```python
+        >>> from i2moe import I2MoEForClassification
+        >>> model = I2MoEForClassification.from_pretrained_towers(  # doctest: +SKIP
+        ...     {"image": "google/vit-base-patch16-224-in21k", "text": "bert-base-uncased"},
+        ...     pooling={"text": "cls"}, hidden_size=256, fusion="transformer", num_labels=10)
+        ```
+        """
+        pooling, num_tokens, freeze, tower_kwargs = pooling or {}, num_tokens or {}, freeze or {}, tower_kwargs or {}
+        for option, values in {"pooling": pooling, "num_tokens": num_tokens, "freeze": freeze,
+                               "tower_kwargs": tower_kwargs}.items():
+            unknown = sorted(set(values) - set(towers))
+            if unknown:
+                raise ValueError(f"`{option}` names modalities {unknown} that are not in `towers` ({list(towers)})")
+        loaded, modalities = {}, []
+        for name, source in towers.items():
+            tower = source if isinstance(source, PreTrainedModel) else AutoModel.from_pretrained(source, **tower_kwargs.get(name, {}))
+            loaded[name] = tower
+            modalities.append(
+                ModalityConfig(
+                    name=name, tower=tower.config, pooling=pooling.get(name, "mean"),
+                    num_tokens=num_tokens.get(name, 1), freeze=freeze.get(name, False),
+                    tower_name_or_path=source if isinstance(source, str) else tower.config.name_or_path or None,
+                )
+            )
+        model = cls(I2MoEConfig(modalities=modalities, **config_kwargs), towers=loaded)
+        new_weights = [name for name, _ in model.named_parameters() if not name.startswith("towers.")]
+        logger.warning(
+            f"The towers {list(towers)} keep their pretrained weights; these weights are newly initialized "
+            f"and need training: {new_weights}"
+        )
+        return model
+
+    def train(self, mode: bool = True) -> "I2MoEForClassification":
+        super().train(mode)
+        for modality in self.config.modalities:
+            if modality.freeze:  # frozen towers keep BatchNorm statistics and skip dropout
+                self.towers[modality.name].eval()
+        return self
+
+    def forward(
+        self,
+        modality_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **modality_inputs: torch.Tensor,
+    ) -> I2MoEOutput | tuple:
+        r"""
+        Args:
+            modality_mask (`torch.Tensor` of shape `(batch_size, num_modalities)`, *optional*):
+                1 (or True) where the modality is present, 0 where it is missing; columns in
+                config order. Defaults to "present" for every modality whose inputs are given.
+            labels (`torch.Tensor`, *optional*): class indices `(batch_size,)` for single-label
+                classification, multi-hot `(batch_size, num_labels)` for multi-label, targets
+                `(batch_size,)` or `(batch_size, num_labels)` for regression.
+            modality_inputs: the towers' inputs, named `{modality}_{tower_input}`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        tokens = self.embed_modalities(modality_mask=modality_mask, **modality_inputs)
+        result = self.interaction(tokens, labels=labels)
+        loss = None
+        if labels is not None:
+            loss = self.task_loss(result.logits, labels)
+            if result.auxiliary_loss is not None:
+                loss = loss + result.auxiliary_loss
+        output = I2MoEOutput(loss=loss, logits=result.logits, **result.extra_outputs)
+        return output if return_dict else output.to_tuple()
+
+    def embed_modalities(self, modality_mask: torch.Tensor | None = None, **modality_inputs) -> torch.Tensor:
+        """Run each present modality's tower once and return the fusion tokens `(B, T, d)`, with
+        the learned null tokens wherever a modality is missing."""
+        routed = self._route_inputs(modality_inputs)
+        batch_size = _batch_size(routed, modality_mask)
+        present = self._presence(modality_mask, routed, batch_size)
+        chunks = []
+        for index, name in enumerate(self.layout.names):
+            null = self.null_tokens[self.layout.token_slice(index)].expand(batch_size, -1, -1)
+            rows = present[:, index]
+            if name not in routed or not rows.any():
+                chunks.append(null)
+            elif rows.all():
+                # `where` rather than a plain return keeps the null tokens in the graph, so every
+                # parameter gets a gradient each step (DDP requires that).
+                chunks.append(torch.where(rows[:, None, None], self._encode(name, routed[name]), null))
+            else:
+                # Only the present rows go through the tower: no wasted compute, and placeholder
+                # inputs never reach BatchNorm statistics.
+                indices = rows.nonzero().squeeze(1)
+                subset = {argument: value[indices] for argument, value in routed[name].items()}
+                encoded = self._encode(name, subset)
+                chunks.append(null.index_copy(0, indices, encoded.to(null.dtype)))
+        return torch.cat(chunks, dim=1)
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss for `config.problem_type` (inferred from `num_labels` and the labels if unset)."""
+        problem_type = self.config.problem_type or _infer_problem_type(self.config.num_labels, labels)
+        num_labels = self.config.num_labels
+        if labels.shape[0] != logits.shape[0]:
+            raise ValueError(f"labels: expected {logits.shape[0]} rows (the batch size), got shape {tuple(labels.shape)}")
+        if problem_type == "single_label_classification":
+            if labels.dim() != 1 or labels.is_floating_point():
+                raise ValueError(
+                    f"labels: single-label classification expects integer class indices of shape (batch,), got "
+                    f"dtype {labels.dtype} and shape {tuple(labels.shape)}"
+                )
+            if not torch.compiler.is_compiling() and (labels.min() < 0 or labels.max() >= num_labels):
+                raise ValueError(
+                    f"labels: class indices must lie in [0, {num_labels - 1}] (num_labels={num_labels}), got values "
+                    f"from {labels.min().item()} to {labels.max().item()}"
+                )
+            return F.cross_entropy(logits.float(), labels)
+        if problem_type == "multi_label_classification":
+            if labels.shape != logits.shape:
+                raise ValueError(
+                    f"labels: multi-label classification expects multi-hot labels of shape {tuple(logits.shape)}, "
+                    f"got {tuple(labels.shape)}"
+                )
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        targets = labels.float().reshape(logits.shape) if labels.numel() == logits.numel() else None
+        if targets is None:
+            raise ValueError(
+                f"labels: regression with num_labels={num_labels} expects {num_labels} target(s) per row, got shape "
+                f"{tuple(labels.shape)}"
+            )
+        return F.mse_loss(logits.float(), targets)
+
+    def _encode(self, name: str, tower_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        tower = self.towers[name]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())):
+            outputs = tower(**tower_inputs, return_dict=True)
+        sequence = outputs.last_hidden_state
+        if sequence.dim() == 4:  # CNN feature map (B, C, h, w) -> spatial tokens (B, h*w, C)
+            sequence = sequence.flatten(2).transpose(1, 2)
+        mask = _sequence_mask(tower, tower_inputs.get("attention_mask"), sequence.shape[1])
+        return self.projections[name](sequence, mask, getattr(outputs, "pooler_output", None))
+
+    def _route_inputs(self, modality_inputs: dict) -> dict[str, dict[str, torch.Tensor]]:
+        routed: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in modality_inputs.items():
+            if key not in self._input_routes:
+                raise ValueError(
+                    f"unexpected input {key!r}; this model takes {self.input_names} (tower inputs are named "
+                    f"'{{modality}}_{{tower_input}}' for modalities {list(self.layout.names)})"
+                )
+            if value is None:
+                continue
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{key}: expected a torch.Tensor, got {type(value).__name__}")
+            name, argument = self._input_routes[key]
+            routed.setdefault(name, {})[argument] = value
+        return routed
+
+    def _presence(self, modality_mask, routed: dict, batch_size: int) -> torch.Tensor:
+        device = self.null_tokens.device
+        if modality_mask is None:
+            return torch.tensor([name in routed for name in self.layout.names], device=device).expand(batch_size, -1)
+        expected = (batch_size, self.layout.num_modalities)
+        if not isinstance(modality_mask, torch.Tensor) or tuple(modality_mask.shape) != expected:
+            shape = tuple(modality_mask.shape) if isinstance(modality_mask, torch.Tensor) else type(modality_mask).__name__
+            raise ValueError(
+                f"modality_mask: expected shape {expected} (batch, modalities {list(self.layout.names)}), got {shape}"
+            )
+        if modality_mask.dtype != torch.bool and not ((modality_mask == 0) | (modality_mask == 1)).all():
+            raise ValueError(f"modality_mask: values must be 0 or 1, got {modality_mask.unique().tolist()}")
+        present = modality_mask.to(device=device, dtype=torch.bool)
+        empty_rows = (~present.any(1)).nonzero().flatten().tolist()
+        if empty_rows:
+            raise ValueError(f"modality_mask: rows {empty_rows} have no modality present; every sample needs at least one")
+        for index, name in enumerate(self.layout.names):
+            if name not in routed and present[:, index].any():
+                raise ValueError(
+                    f"modality_mask marks modality {name!r} present, but no '{name}_*' input was given "
+                    f"(expected one of {[key for key, route in self._input_routes.items() if route[0] == name]})"
+                )
+        return present
+
+
+def _build_tower(config) -> PreTrainedModel:
+    builtin = BUILTIN_TOWERS.get(type(config))
+    return builtin(config) if builtin is not None else AutoModel.from_config(config)
+
+
+def _mark_pretrained(tower: PreTrainedModel) -> None:
+    """Flag a loaded tower as initialised so `post_init` leaves its weights untouched."""
+    for module in tower.modules():
+        module._is_hf_initialized = True
+    for tensor in [*tower.parameters(), *tower.buffers()]:
+        tensor._is_hf_initialized = True
+
+
+def _tower_arguments(tower: nn.Module) -> list[str]:
+    parameters = inspect.signature(tower.forward).parameters
+    return [argument for argument in TOWER_INPUT_ARGUMENTS if argument in parameters]
+
+
+def _sequence_mask(tower, attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """The padding mask of the tower's output sequence, when one can be told."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape[-1] == length:
+        return attention_mask
+    if hasattr(tower, "_get_feature_vector_attention_mask"):  # audio towers downsample their input
+        return tower._get_feature_vector_attention_mask(length, attention_mask)
+    return None
+
+
+def _batch_size(routed: dict[str, dict[str, torch.Tensor]], modality_mask) -> int:
+    sizes = {f"{name}_{argument}": value.shape[0] for name, inputs in routed.items() for argument, value in inputs.items()}
+    if isinstance(modality_mask, torch.Tensor) and modality_mask.dim() > 0:
+        sizes["modality_mask"] = modality_mask.shape[0]
+    if not sizes:
+        raise ValueError(
+            "the model received no modality inputs. With Trainer, set `remove_unused_columns=False`: the inputs "
+            "are named '{modality}_{tower_input}', which the default column filter drops."
+        )
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"inputs disagree on the batch size: {sizes}")
+    return next(iter(sizes.values()))
+
+
+def _infer_problem_type(num_labels: int, labels: torch.Tensor) -> str:
+    if num_labels == 1:
+        return "regression"
+    if labels.dim() == 1 and not labels.is_floating_point():
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+__all__ = ["I2MoEForClassification", "I2MoEOutput", "I2MoEPreTrainedModel"]
