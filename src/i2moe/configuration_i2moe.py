@@ -241,6 +241,12 @@ class I2MoEConfig(PreTrainedConfig):
     dropout: float = 0.1
     initializer_range: float = 0.02
 
+    # --- I2MoE interaction experts (method="i2moe") ---
+
+    # --- I2M2 unimodal heads ---
+
+    # --- DMIL decomposition (method="dmil") ---
+
     def __post_init__(self, **kwargs):
         self.modalities = _parse_modalities(self.modalities)
         for field in ("hidden_size", "fusion_num_layers", "fusion_num_heads", "fusion_hidden_size",
@@ -264,6 +270,12 @@ class I2MoEConfig(PreTrainedConfig):
             raise ValueError(f"I2MoEConfig: `dropout` must be in [0, 1), got {self.dropout!r}")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"I2MoEConfig: `problem_type` must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
+        # --- I2MoE validation ---
+
+        # --- I2M2 validation ---
+
+        # --- DMIL validation ---
+
         super().__post_init__(**kwargs)
         _require_positive_int("num_labels", self.num_labels, "I2MoEConfig")
 

@@ -43,16 +43,35 @@ TOWER_INPUT_ARGUMENTS = (
 @dataclass
 class I2MoEOutput(ModelOutput):
     r"""
-    Output of [`I2MoEForClassification`].
+    Output of [`I2MoEForClassification`]. Fields that the configured parts do not produce are `None`.
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*): task loss plus the interaction
             part's auxiliary loss; returned when `labels` are given.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): the prediction.
+        expert_logits (`torch.FloatTensor` of shape `(batch_size, num_experts, num_labels)`):
+            I2MoE: each interaction expert's logits on the clean inputs.
+        expert_weights (`torch.FloatTensor` of shape `(batch_size, num_experts)`): I2MoE: the
+            reweighting model's per-sample expert weights (rows sum to 1).
+        interaction_loss (`torch.FloatTensor` of shape `()`): I2MoE: the weak-supervision loss
+            `L_int` (before `lambda_int`); DMIL: the sum of its auxiliary terms.
+        loss_terms (`dict[str, torch.FloatTensor]`): every loss term by name (for logging).
+        unimodal_logits (`torch.FloatTensor` of shape `(batch_size, num_modalities, num_labels)`):
+            I2M2: each modality's unimodal head.
+        component_logits (`torch.FloatTensor` of shape `(batch_size, num_components, num_labels)`):
+            DMIL: the head of each component (uniqueness per modality, redundancy, synergy).
+        gate_weights (`torch.FloatTensor` of shape `(batch_size, num_components)`): DMIL: the gate.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    expert_logits: torch.FloatTensor | None = None
+    expert_weights: torch.FloatTensor | None = None
+    interaction_loss: torch.FloatTensor | None = None
+    loss_terms: dict[str, torch.FloatTensor] | None = None
+    unimodal_logits: torch.FloatTensor | None = None
+    component_logits: torch.FloatTensor | None = None
+    gate_weights: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -72,11 +91,13 @@ class VanillaFusion(nn.Module):
         super().__init__()
         self.backbone = build_fusion(config, layout, num_stacks=1)
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> InteractionOutput:
+    def forward(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor,
+                labels: torch.Tensor | None = None) -> InteractionOutput:
         return InteractionOutput(logits=self.backbone(tokens[None])[0])
 
 
-# `config.method` -> interaction part; constructor `(config, layout)`, forward `(tokens, labels)`.
+# `config.method` -> interaction part. Constructor `(config, layout)`; forward
+# `(tokens (B, T, d), present (B, M) bool, null_tokens (T, d), labels)` -> `InteractionOutput`.
 INTERACTIONS: dict[str, type[nn.Module]] = {"vanilla": VanillaFusion}
 
 
@@ -319,8 +340,10 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
             modality_inputs: the towers' inputs, named `{modality}_{tower_input}`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        tokens = self.embed_modalities(modality_mask=modality_mask, **modality_inputs)
-        result = self.interaction(tokens, labels=labels)
+        routed = self._route_inputs(modality_inputs)
+        present = self._presence(modality_mask, routed, _batch_size(routed, modality_mask))
+        tokens = self._embed(routed, present)
+        result = self.interaction(tokens, present=present, null_tokens=self.null_tokens, labels=labels)
         loss = None
         if labels is not None:
             loss = self.task_loss(result.logits, labels)
@@ -330,11 +353,13 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     def embed_modalities(self, modality_mask: torch.Tensor | None = None, **modality_inputs) -> torch.Tensor:
-        """Run each present modality's tower once and return the fusion tokens `(B, T, d)`, with
-        the learned null tokens wherever a modality is missing."""
+        """The fusion tokens `(B, T, d)` for a batch: each present modality through its tower once,
+        the learned null tokens wherever a modality is missing (see `forward` for the inputs)."""
         routed = self._route_inputs(modality_inputs)
-        batch_size = _batch_size(routed, modality_mask)
-        present = self._presence(modality_mask, routed, batch_size)
+        return self._embed(routed, self._presence(modality_mask, routed, _batch_size(routed, modality_mask)))
+
+    def _embed(self, routed: dict[str, dict[str, torch.Tensor]], present: torch.Tensor) -> torch.Tensor:
+        batch_size = present.shape[0]
         chunks = []
         for index, name in enumerate(self.layout.names):
             null = self.null_tokens[self.layout.token_slice(index)].expand(batch_size, -1, -1)
