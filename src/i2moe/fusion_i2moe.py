@@ -15,7 +15,7 @@ This file travels with saved models as Hub remote code: it imports only torch an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -243,4 +243,26 @@ def build_fusion(config, layout: TokenLayout, num_stacks: int = 1) -> nn.Module:
     return FUSION_BACKBONES[config.fusion](config, layout, num_stacks)
 
 
-__all__ = ["FUSION_BACKBONES", "TokenLayout", "build_fusion", "register_fusion"]
+@dataclass
+class InteractionOutput:
+    """What an interaction part returns: logits, an optional loss to add to the task loss, and
+    named extra outputs that become fields of `I2MoEOutput`."""
+
+    logits: torch.Tensor
+    auxiliary_loss: torch.Tensor | None = None
+    extra_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class VanillaFusion(nn.Module):
+    """The baseline interaction part: one fusion backbone on the modality tokens."""
+
+    def __init__(self, config, layout: TokenLayout):
+        super().__init__()
+        self.backbone = build_fusion(config, layout, num_stacks=1)
+
+    def forward(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor,
+                labels: torch.Tensor | None = None) -> InteractionOutput:
+        return InteractionOutput(logits=self.backbone(tokens[None])[0])
+
+
+__all__ = ["FUSION_BACKBONES", "InteractionOutput", "TokenLayout", "VanillaFusion", "build_fusion", "register_fusion"]

@@ -17,7 +17,7 @@ This file travels with saved models as Hub remote code: it imports only its sibl
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_i2moe import I2MoEConfig, ModalityConfig, tower_hidden_size
-from .fusion_i2moe import TokenLayout, build_fusion
+from .fusion_i2moe import TokenLayout, VanillaFusion
 from .towers_i2moe import BUILTIN_TOWERS
 
 
@@ -72,28 +72,6 @@ class I2MoEOutput(ModelOutput):
     unimodal_logits: torch.FloatTensor | None = None
     component_logits: torch.FloatTensor | None = None
     gate_weights: torch.FloatTensor | None = None
-
-
-@dataclass
-class InteractionOutput:
-    """What an interaction part returns: logits, an optional loss to add to the task loss, and
-    named extra outputs that become fields of `I2MoEOutput`."""
-
-    logits: torch.Tensor
-    auxiliary_loss: torch.Tensor | None = None
-    extra_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-class VanillaFusion(nn.Module):
-    """The baseline interaction part: one fusion backbone on the modality tokens."""
-
-    def __init__(self, config: I2MoEConfig, layout: TokenLayout):
-        super().__init__()
-        self.backbone = build_fusion(config, layout, num_stacks=1)
-
-    def forward(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor,
-                labels: torch.Tensor | None = None) -> InteractionOutput:
-        return InteractionOutput(logits=self.backbone(tokens[None])[0])
 
 
 # `config.method` -> interaction part. Constructor `(config, layout)`; forward
