@@ -83,6 +83,7 @@ class StackedLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_stacks, in_features, out_features))
         self.bias = nn.Parameter(torch.empty(num_stacks, 1, out_features))
+        self.init_parameters(std=0.02)  # usable standalone; the model re-initialises with its config
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         num_stacks, in_features, out_features = self.weight.shape
@@ -146,6 +147,7 @@ class LowRankTensorFusion(nn.Module):
         self.head = StackedMLPHead(
             num_stacks, self.output_size, config.fusion_hidden_size, config.num_labels, config.dropout
         )
+        self.init_parameters(config.initializer_range)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         num_stacks, num_modalities = self.factors.shape[:2]
@@ -226,6 +228,7 @@ class TransformerFusion(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = StackedLinear(num_stacks, config.hidden_size, config.num_labels)
+        self.init_parameters(config.initializer_range)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         hidden_states = tokens + self.position_embeddings
