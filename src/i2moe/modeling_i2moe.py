@@ -38,6 +38,10 @@ TOWER_INPUT_ARGUMENTS = (
     "input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask",
     "input_values", "input_features", "features",
 )
+_COLUMN_FILTER_HINT = (
+    "With Trainer, set `remove_unused_columns=False`: the inputs are named '{modality}_{tower_input}', which "
+    "are not fixed `forward` argument names, so the default column filter drops them."
+)
 
 
 @dataclass
@@ -438,13 +442,14 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
             if name not in routed and present[:, index].any():
                 raise ValueError(
                     f"modality_mask marks modality {name!r} present, but no '{name}_*' input was given "
-                    f"(expected one of {[key for key, route in self._input_routes.items() if route[0] == name]})"
+                    f"(expected one of {[key for key, route in self._input_routes.items() if route[0] == name]}). "
+                    f"{_COLUMN_FILTER_HINT}"
                 )
         return present
 
 
 def _build_tower(config) -> PreTrainedModel:
-    builtin = BUILTIN_TOWERS.get(type(config))
+    builtin = BUILTIN_TOWERS.get(config.model_type)
     return builtin(config) if builtin is not None else AutoModel.from_config(config)
 
 
@@ -469,10 +474,7 @@ def _batch_size(routed: dict[str, dict[str, torch.Tensor]], modality_mask) -> in
     if isinstance(modality_mask, torch.Tensor) and modality_mask.dim() > 0:
         sizes["modality_mask"] = modality_mask.shape[0]
     if not sizes:
-        raise ValueError(
-            "the model received no modality inputs. With Trainer, set `remove_unused_columns=False`: the inputs "
-            "are named '{modality}_{tower_input}', which the default column filter drops."
-        )
+        raise ValueError(f"the model received no modality inputs. {_COLUMN_FILTER_HINT}")
     if len(set(sizes.values())) > 1:
         raise ValueError(f"inputs disagree on the batch size: {sizes}")
     return next(iter(sizes.values()))
