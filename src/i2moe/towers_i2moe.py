@@ -12,6 +12,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .configuration_i2moe import I2MoEFeaturesConfig, I2MoELeNetConfig
+from .towers_efficientnet_lite import I2MoEEfficientNetLiteConfig, I2MoEEfficientNetLiteModel
 
 
 class I2MoEFeaturesModel(PreTrainedModel):
@@ -119,6 +120,10 @@ def _check_float_input(name: str, tensor, allowed_dims: tuple[int, ...], last_di
         raise ValueError(f"{name}: contains NaN or inf values; clean or impute them before the model")
 
 
-BUILTIN_TOWERS = {I2MoEFeaturesConfig: I2MoEFeaturesModel, I2MoELeNetConfig: I2MoELeNetModel}
+BUILTIN_TOWERS = {
+    I2MoEFeaturesConfig: I2MoEFeaturesModel,
+    I2MoELeNetConfig: I2MoELeNetModel,
+    I2MoEEfficientNetLiteConfig: I2MoEEfficientNetLiteModel,
+}
 
 __all__ = ["I2MoEFeaturesModel", "I2MoELeNetModel"]
