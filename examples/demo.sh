@@ -41,7 +41,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
     --learning_rate 2e-3 --warmup_steps 5 --weight_decay 0.01 \
     --hidden_size 128 --fusion transformer --fusion_num_layers 1 \
     --modality_dropout 0.2 --eval_missing_modality image \
-    --eval_strategy no --save_strategy no --logging_steps 10 --report_to none --seed 0
+    --eval_strategy no --save_strategy no --logging_steps 10 --report_to none --dataloader_pin_memory false --seed 0
 
 # The saved folder is an ordinary transformers model + processor.
 "$PYTHON" - "$OUTPUT_DIR" <<'PY'

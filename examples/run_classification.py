@@ -134,7 +134,10 @@ def build_fashion(data_args: DataArguments, model_args: ModelArguments) -> Task:
 
 
 def build_avmnist(data_args: DataArguments, model_args: ModelArguments) -> Task:
-    from i2moe.datasets_avmnist import load_avmnist  # provided by the AV-MNIST builder
+    try:
+        from i2moe.datasets_avmnist import load_avmnist
+    except ImportError as error:
+        raise ImportError("--dataset avmnist needs i2moe.datasets_avmnist, which this install of i2moe lacks") from error
 
     dataset = load_avmnist(data_dir=data_args.data_dir, seed=data_args.split_seed)
     dataset = dataset.rename_columns({"image_pixel_values": "image", "audio_pixel_values": "audio"})

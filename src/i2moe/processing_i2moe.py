@@ -219,8 +219,8 @@ class I2MoEProcessor(ProcessorMixin):
             values = [columns[name][row] for row in rows.tolist()]
             try:
                 encoded = self._encode(name, values, rows.tolist())
-            except (ValueError, TypeError) as error:
-                raise type(error)(f"modality {name!r}: {error}") from error
+            except (ValueError, TypeError) as error:  # say which modality; keep the kind of error
+                raise (TypeError if isinstance(error, TypeError) else ValueError)(f"modality {name!r}: {error}") from error
             for key, tensor in encoded.items():
                 output[f"{name}_{key}"] = _scatter_rows(tensor, rows, batch_size, self._fill_value(name, key))
         output["modality_mask"] = present
