@@ -14,6 +14,7 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 
 from .fusion_i2moe import FUSION_BACKBONES
+from .towers_efficientnet_lite import I2MoEEfficientNetLiteConfig
 
 
 POOLINGS = ("cls", "mean", "pooler")
@@ -97,7 +98,9 @@ class I2MoELeNetConfig(PreTrainedConfig):
 
 # Tower configs this file defines itself: they must resolve even where the package is not installed
 # (remote code), so they are looked up here before `AutoConfig`.
-BUILTIN_TOWER_CONFIGS = {cls.model_type: cls for cls in (I2MoEFeaturesConfig, I2MoELeNetConfig)}
+BUILTIN_TOWER_CONFIGS = {
+    cls.model_type: cls for cls in (I2MoEFeaturesConfig, I2MoELeNetConfig, I2MoEEfficientNetLiteConfig)
+}
 
 
 def tower_config_from_dict(config_dict: dict) -> PreTrainedConfig:

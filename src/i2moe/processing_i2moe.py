@@ -219,8 +219,8 @@ class I2MoEProcessor(ProcessorMixin):
             values = [columns[name][row] for row in rows.tolist()]
             try:
                 encoded = self._encode(name, values, rows.tolist())
-            except (ValueError, TypeError) as error:
-                raise type(error)(f"modality {name!r}: {error}") from error
+            except (ValueError, TypeError) as error:  # say which modality; keep the kind of error
+                raise (TypeError if isinstance(error, TypeError) else ValueError)(f"modality {name!r}: {error}") from error
             for key, tensor in encoded.items():
                 output[f"{name}_{key}"] = _scatter_rows(tensor, rows, batch_size, self._fill_value(name, key))
         output["modality_mask"] = present
@@ -254,12 +254,15 @@ class I2MoEProcessor(ProcessorMixin):
             raise ValueError(f"I2MoEProcessor: no inputs; pass samples or lists for some of {self.modality_names}")
         self._check_names(list(modalities), "keyword arguments")
         lengths = {}
+        modalities = dict(modalities)
         for name, values in modalities.items():
-            if not isinstance(values, (list, tuple)):
+            # Any sized iterable works (a list, a `datasets` column, an array of rows), but not one sample.
+            if isinstance(values, (str, bytes, dict, PIL.Image.Image)) or not hasattr(values, "__len__") or not hasattr(values, "__iter__"):
                 raise TypeError(
                     f"I2MoEProcessor: `{name}` must be a list with one entry per sample (None where missing), "
                     f"got {type(values).__name__}"
                 )
+            modalities[name] = list(values)
             lengths[name] = len(values)
         if labels is not None:
             lengths["labels"] = len(labels)
