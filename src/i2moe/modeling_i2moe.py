@@ -27,6 +27,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_i2moe import I2MoEConfig, ModalityConfig, tower_hidden_size
+from .experts_i2moe import I2MoEInteraction
 from .fusion_i2moe import TokenLayout, VanillaFusion
 from .towers_i2moe import BUILTIN_TOWERS
 
@@ -76,7 +77,7 @@ class I2MoEOutput(ModelOutput):
 
 # `config.method` -> interaction part. Constructor `(config, layout)`; forward
 # `(tokens (B, T, d), present (B, M) bool, null_tokens (T, d), labels)` -> `InteractionOutput`.
-INTERACTIONS: dict[str, type[nn.Module]] = {"vanilla": VanillaFusion}
+INTERACTIONS: dict[str, type[nn.Module]] = {"vanilla": VanillaFusion, "i2moe": I2MoEInteraction}
 
 
 class TokenResampler(nn.Module):
