@@ -89,6 +89,9 @@ class EmbeddingModel(torch.nn.Module):
         layout = TokenLayout(tuple(config.modality_names), tuple(m.num_tokens for m in config.modalities))
         self.interaction = INTERACTIONS[config.method](config, layout)
         self.null_tokens = torch.nn.Parameter(torch.randn(layout.total_tokens, config.hidden_size))
+        for module in self.modules():  # stacked weights start as torch.empty; the model's post_init does this
+            if hasattr(module, "init_parameters"):
+                module.init_parameters(config.initializer_range)
 
     def forward(self, tokens, present, labels=None):
         result = self.interaction(tokens, present=present, null_tokens=self.null_tokens, labels=labels)
