@@ -9,8 +9,9 @@ Settings (batch 64, 23 classes, transformer fusion with 2 layers and 4 heads):
 
 A train step is forward + backward + `Adam(foreach=True).step()` + `zero_grad()`; inference is one
 forward in eval mode under `torch.inference_mode()`. Times are medians; on CUDA they are taken with
-CUDA events and peak memory with `torch.cuda.max_memory_allocated`; on CPU with `perf_counter` and
-peak memory as the growth of the process's peak RSS while the setting runs (a coarse figure).
+CUDA events and peak memory with `torch.cuda.max_memory_allocated` (above what the model and inputs
+hold before the first step); on CPU with `perf_counter`, each measurement in a fresh subprocess, and
+peak memory as the process's peak RSS minus its RSS once the model and inputs are built (coarse).
 
 Writes `benchmarks/results/i2moe_step_time_<cpu|cuda>.json` and `benchmarks/results/i2moe_op_count.json`.
 
@@ -29,6 +30,7 @@ import json
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -210,16 +212,21 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _current_rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def measure(setting: str, precision: str, method: str, device: str, steps: int, warmup: int,
-            compile: bool) -> dict:
+            compile: bool, batch_size: int = BATCH_SIZE) -> dict:
     torch.manual_seed(0)
+    bench = build_bench(setting, method, device, precision, compile=compile, batch_size=batch_size)
     if device == "cuda":
-        torch.cuda.empty_cache()
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_memory = torch.cuda.memory_allocated()
     else:
-        base_memory = _peak_rss_mib()
-    bench = build_bench(setting, method, device, precision, compile=compile)
+        base_memory = _current_rss_mib()
     train_ms = time_fn(bench.train_step, device, steps, warmup)
     infer_ms = time_fn(bench.infer, device, steps, warmup)
     if device == "cuda":
@@ -228,8 +235,14 @@ def measure(setting: str, precision: str, method: str, device: str, steps: int, 
         peak = _peak_rss_mib() - base_memory
     del bench
     return {"setting": setting, "precision": precision, "method": method, "train_ms": round(train_ms, 3),
-            "infer_ms": round(infer_ms, 3), "peak_mem_mib": round(peak, 1), "device": device, "steps": steps,
-            "warmup": warmup, "compile": compile}
+            "infer_ms": round(infer_ms, 3), "peak_mem_mib": round(peak, 1), "device": device, "batch_size": batch_size,
+            "steps": steps, "warmup": warmup, "compile": compile}
+
+
+def measure_in_subprocess(args: list[str]) -> dict:
+    """Run one measurement in a fresh process, so the CPU peak-RSS figure is this setting's alone."""
+    result = subprocess.run([sys.executable, __file__, "--single", *args], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def print_ratios(rows: list[dict]) -> None:
@@ -255,6 +268,10 @@ def main(argv=None) -> None:
     parser.add_argument("--big-steps", type=int, default=None,
                         help=f"timed steps for the big settings {BIG_SETTINGS} (default: --steps); for slow CPUs")
     parser.add_argument("--big-warmup", type=int, default=None, help="warm-up steps for the big settings")
+    parser.add_argument("--big-batch", type=int, default=BATCH_SIZE,
+                        help="batch size of the big settings (default 64; smaller only where a CPU cannot run them)")
+    parser.add_argument("--single", nargs=7, metavar=("SETTING", "PRECISION", "METHOD", "DEVICE", "STEPS", "WARMUP",
+                                                      "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (smoke test of compile)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     parser.add_argument("--op-count-only", action="store_true")
@@ -262,6 +279,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.single:
+        setting, precision, method, device, steps, warmup, batch = args.single
+        print(json.dumps(measure(setting, precision, method, device, int(steps), int(warmup), args.compile, int(batch))))
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
 
     if not args.no_op_count:
@@ -283,7 +304,13 @@ def main(argv=None) -> None:
         warmup = args.big_warmup if big and args.big_warmup is not None else args.warmup
         for precision in args.precisions:
             for method in METHODS:
-                row = measure(setting, precision, method, args.device, steps, warmup, args.compile)
+                batch = args.big_batch if big else BATCH_SIZE
+                if args.device == "cpu":
+                    extra = ["--compile"] * args.compile + (["--threads", str(args.threads)] if args.threads else [])
+                    row = measure_in_subprocess([setting, precision, method, "cpu", str(steps), str(warmup), str(batch),
+                                                 *extra])
+                else:
+                    row = measure(setting, precision, method, args.device, steps, warmup, args.compile, batch)
                 row.update(torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.processor()
                            or platform.machine())
                 print(json.dumps(row), flush=True)
