@@ -28,6 +28,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_i2moe import I2MoEConfig, ModalityConfig, tower_hidden_size
+from .experts_i2moe import I2MoEInteraction
 from .fusion_i2moe import InteractionOutput, TokenLayout, VanillaFusion
 from .i2m2_i2moe import I2M2UnimodalHeads, assemble_i2m2, combine_i2m2
 from .towers_i2moe import BUILTIN_TOWERS
@@ -82,7 +83,7 @@ class I2MoEOutput(ModelOutput):
 
 # `config.method` -> interaction part. Constructor `(config, layout)`; forward
 # `(tokens (B, T, d), present (B, M) bool, null_tokens (T, d), labels)` -> `InteractionOutput`.
-INTERACTIONS: dict[str, type[nn.Module]] = {"vanilla": VanillaFusion}
+INTERACTIONS: dict[str, type[nn.Module]] = {"vanilla": VanillaFusion, "i2moe": I2MoEInteraction}
 
 
 class TokenResampler(nn.Module):
