@@ -483,7 +483,8 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         unimodal_towers = nn.ModuleDict()
         for modality in config.modalities:
             if modality.name in towers and modality.name not in overrides:
-                tower = copy.deepcopy(towers[modality.name])  # keeps its `_is_hf_initialized` flags
+                # The copy keeps the `_is_hf_initialized` flags, so `post_init` leaves it untouched.
+                tower = copy.deepcopy(towers[modality.name])
             else:
                 tower = _build_tower(config.i2m2_tower_config(modality.name))
             _set_trainable(tower, modality)
