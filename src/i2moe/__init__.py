@@ -1,10 +1,11 @@
 """i2moe: interaction-aware multimodal classifiers (I2MoE, I2M2, DMIL) for the Hugging Face stack."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoELeNetConfig, ModalityConfig
 from .fusion_i2moe import FUSION_BACKBONES, TokenLayout, build_fusion, register_fusion
 from .modeling_i2moe import I2MoEForClassification, I2MoEOutput, I2MoEPreTrainedModel
+from .processing_i2moe import I2MoEFeatureNormalizer, I2MoEProcessor
 from .towers_i2moe import I2MoEFeaturesModel, I2MoELeNetModel
 
 
@@ -22,9 +23,13 @@ for _config_class, _model_class in (
     _config_class.register_for_auto_class()
     _model_class.register_for_auto_class("AutoModel")
 
+AutoProcessor.register(I2MoEConfig, I2MoEProcessor, exist_ok=True)
+I2MoEProcessor.register_for_auto_class()
+
 __all__ = [
     "FUSION_BACKBONES",
     "I2MoEConfig",
+    "I2MoEFeatureNormalizer",
     "I2MoEFeaturesConfig",
     "I2MoEFeaturesModel",
     "I2MoEForClassification",
@@ -32,6 +37,7 @@ __all__ = [
     "I2MoELeNetModel",
     "I2MoEOutput",
     "I2MoEPreTrainedModel",
+    "I2MoEProcessor",
     "ModalityConfig",
     "TokenLayout",
     "build_fusion",

@@ -83,6 +83,7 @@ class StackedLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_stacks, in_features, out_features))
         self.bias = nn.Parameter(torch.empty(num_stacks, 1, out_features))
+        self.init_parameters(std=0.02)  # usable standalone; the model re-initialises with its config
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         num_stacks, in_features, out_features = self.weight.shape
@@ -146,6 +147,7 @@ class LowRankTensorFusion(nn.Module):
         self.head = StackedMLPHead(
             num_stacks, self.output_size, config.fusion_hidden_size, config.num_labels, config.dropout
         )
+        self.init_parameters(config.initializer_range)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         num_stacks, num_modalities = self.factors.shape[:2]
@@ -226,6 +228,7 @@ class TransformerFusion(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = StackedLinear(num_stacks, config.hidden_size, config.num_labels)
+        self.init_parameters(config.initializer_range)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         hidden_states = tokens + self.position_embeddings
@@ -239,7 +242,21 @@ class TransformerFusion(nn.Module):
 
 
 def build_fusion(config, layout: TokenLayout, num_stacks: int = 1) -> nn.Module:
-    """The backbone named by `config.fusion`, with `num_stacks` independent weight copies."""
+    """The backbone named by `config.fusion`, with `num_stacks` independent weight copies.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from i2moe import I2MoEConfig, I2MoEFeaturesConfig, TokenLayout, build_fusion
+    >>> config = I2MoEConfig(modalities=[{"name": "a", "tower": I2MoEFeaturesConfig()},
+    ...                                  {"name": "b", "tower": I2MoEFeaturesConfig()}],
+    ...                      hidden_size=32, fusion="transformer", num_labels=5)
+    >>> experts = build_fusion(config, TokenLayout(("a", "b"), (1, 1)), num_stacks=4)
+    >>> experts(torch.randn(1, 8, 2, 32)).shape  # 4 stacked copies share one input batch
+    torch.Size([4, 8, 5])
+    ```
+    """
     return FUSION_BACKBONES[config.fusion](config, layout, num_stacks)
 
 

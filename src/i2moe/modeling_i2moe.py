@@ -39,6 +39,10 @@ TOWER_INPUT_ARGUMENTS = (
     "input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask",
     "input_values", "input_features", "features",
 )
+_COLUMN_FILTER_HINT = (
+    "With Trainer, set `remove_unused_columns=False`: the inputs are named '{modality}_{tower_input}', which "
+    "are not fixed `forward` argument names, so the default column filter drops them."
+)
 
 
 @dataclass
@@ -89,6 +93,7 @@ class TokenResampler(nn.Module):
         self.queries = nn.Parameter(torch.empty(num_tokens, hidden_size))
         self.key_value = nn.Linear(hidden_size, 2 * hidden_size)
         self.out = nn.Linear(hidden_size, hidden_size)
+        self.init_parameters(std=0.02)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         batch, length, width = tokens.shape
@@ -206,11 +211,9 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         )
         self.towers = nn.ModuleDict()
         for modality in config.modalities:
-            tower = towers.get(modality.name)
-            if tower is None:
-                tower = _build_tower(modality.tower)
-            else:
-                _mark_pretrained(tower)
+            # A given tower is already flagged `_is_hf_initialized` by its own `post_init` or
+            # `from_pretrained`, so this model's `post_init` leaves its weights untouched.
+            tower = towers.get(modality.name) or _build_tower(modality.tower)
             modality.tower = tower.config  # one config object, so tower settings stay in sync
             if modality.freeze:
                 tower.requires_grad_(False)
@@ -400,7 +403,10 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
     def _encode(self, name: str, tower_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         tower = self.towers[name]
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())):
-            outputs = tower(**tower_inputs, return_dict=True)
+            try:
+                outputs = tower(**tower_inputs, return_dict=True)
+            except (ValueError, TypeError) as error:  # say which modality's input was wrong
+                raise type(error)(f"modality {name!r} (inputs {name}_*): {error}") from error
         sequence = outputs.last_hidden_state
         if sequence.dim() == 4:  # CNN feature map (B, C, h, w) -> spatial tokens (B, h*w, C)
             sequence = sequence.flatten(2).transpose(1, 2)
@@ -443,22 +449,15 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
             if name not in routed and present[:, index].any():
                 raise ValueError(
                     f"modality_mask marks modality {name!r} present, but no '{name}_*' input was given "
-                    f"(expected one of {[key for key, route in self._input_routes.items() if route[0] == name]})"
+                    f"(expected one of {[key for key, route in self._input_routes.items() if route[0] == name]}). "
+                    f"{_COLUMN_FILTER_HINT}"
                 )
         return present
 
 
 def _build_tower(config) -> PreTrainedModel:
-    builtin = BUILTIN_TOWERS.get(type(config))
+    builtin = BUILTIN_TOWERS.get(config.model_type)
     return builtin(config) if builtin is not None else AutoModel.from_config(config)
-
-
-def _mark_pretrained(tower: PreTrainedModel) -> None:
-    """Flag a loaded tower as initialised so `post_init` leaves its weights untouched."""
-    for module in tower.modules():
-        module._is_hf_initialized = True
-    for tensor in [*tower.parameters(), *tower.buffers()]:
-        tensor._is_hf_initialized = True
 
 
 def _tower_arguments(tower: nn.Module) -> list[str]:
@@ -482,10 +481,7 @@ def _batch_size(routed: dict[str, dict[str, torch.Tensor]], modality_mask) -> in
     if isinstance(modality_mask, torch.Tensor) and modality_mask.dim() > 0:
         sizes["modality_mask"] = modality_mask.shape[0]
     if not sizes:
-        raise ValueError(
-            "the model received no modality inputs. With Trainer, set `remove_unused_columns=False`: the inputs "
-            "are named '{modality}_{tower_input}', which the default column filter drops."
-        )
+        raise ValueError(f"the model received no modality inputs. {_COLUMN_FILTER_HINT}")
     if len(set(sizes.values())) > 1:
         raise ValueError(f"inputs disagree on the batch size: {sizes}")
     return next(iter(sizes.values()))

@@ -119,6 +119,8 @@ def _check_float_input(name: str, tensor, allowed_dims: tuple[int, ...], last_di
         raise ValueError(f"{name}: contains NaN or inf values; clean or impute them before the model")
 
 
-BUILTIN_TOWERS = {I2MoEFeaturesConfig: I2MoEFeaturesModel, I2MoELeNetConfig: I2MoELeNetModel}
+# Keyed by `model_type`, not config class: under remote code, the config and the modeling files can
+# be loaded as two copies of the same module, so class identity does not hold.
+BUILTIN_TOWERS = {model.config_class.model_type: model for model in (I2MoEFeaturesModel, I2MoELeNetModel)}
 
 __all__ = ["I2MoEFeaturesModel", "I2MoELeNetModel"]
