@@ -265,6 +265,10 @@ def summarise(records: list[dict]) -> list[dict]:
     return rows
 
 
+def previous_commands(output: Path) -> list[str]:
+    return json.loads(output.read_text()).get("commands", []) if output.exists() else []
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["avmnist", "fashion"], choices=["avmnist", "fashion"])
@@ -303,16 +307,20 @@ def main(argv=None) -> None:
             }
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    output = Path(args.output)
+    if output.exists():  # keep the other datasets' figures from an earlier run
+        previous = json.loads(output.read_text())
+        records = [r for r in previous["per_seed"] if r["dataset"] not in args.datasets] + records
+        settings = {**{k: v for k, v in previous["settings"].items() if k not in args.datasets}, **settings}
     rows = summarise(records)
     for row in rows:
         print(f"{row['dataset']:8s} {row['model']:18s} {100 * row['accuracy_mean']:6.2f} ± {100 * row['accuracy_std']:.2f}"
               f"  synergy {100 * row['synergy_mean']:.2f}")
-    output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({
         "rows": rows, "per_seed": records, "settings": settings,
         "environment": {"torch": torch.__version__, "threads": args.threads, "machine": platform.machine()},
-        "command": "python benchmarks/dmil_results.py " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        "commands": sorted({*previous_commands(output), "python benchmarks/dmil_results.py " + " ".join(argv if argv is not None else os.sys.argv[1:])}),
     }, indent=2) + "\n")
     print(f"wrote {output}")
 
