@@ -19,7 +19,7 @@ from .towers_efficientnet_lite import I2MoEEfficientNetLiteConfig
 
 
 POOLINGS = ("cls", "mean", "pooler")
-METHODS = ("vanilla", "i2moe")
+METHODS = ("vanilla", "i2moe", "dmil")
 I2M2_MODES = ("product", "intra", "inter")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
@@ -282,6 +282,24 @@ class I2MoEConfig(PreTrainedConfig):
     i2m2_head_hidden_size: int | None = None
 
     # --- DMIL decomposition (method="dmil") ---
+    # Width of every latent (M_m, N_m, R, U_m, S) of the decomposition.
+    dmil_latent_size: int = 32
+    # Weight of each KL-to-N(0, I) term of the variational bottlenecks.
+    dmil_kl_weight: float = 0.02
+    # Weight of the reconstruction losses (level 1: v_m from [M_m, N_m]; level 2: mu(M_m) from [R, U_m]).
+    dmil_reconstruction_weight: float = 0.005
+    # Weight of the redundancy alignment sum_m KL(q(R | all) || q(R | M_m)).
+    dmil_alignment_weight: float = 0.02
+    # Training stage (1: level 1 only; 2: level 2, heads and gate on a frozen level 1; 3: all);
+    # it sets the loss composition, and in stage 1 the prediction (see `DMILInteraction`).
+    dmil_stage: int = 1
+    # Weights of the per-head cross-entropies: component heads in stage 2 and 3, unimodal (M_m) heads in stage 3.
+    dmil_stage2_component_weight: float = 0.5
+    dmil_stage3_component_weight: float = 0.8
+    dmil_stage3_unimodal_weight: float = 0.5
+    # Redundancy/uniqueness level on top of level 1. None: True for 2 modalities, False for more (the
+    # paper validated only the intra-modality level beyond two); True for M > 2 is an extension.
+    dmil_full_decomposition: bool | None = None
 
     def __post_init__(self, **kwargs):
         self.modalities = _parse_modalities(self.modalities)
@@ -314,6 +332,25 @@ class I2MoEConfig(PreTrainedConfig):
         self._validate_i2m2()
 
         # --- DMIL validation ---
+        _require_positive_int("dmil_latent_size", self.dmil_latent_size, "I2MoEConfig")
+        for field in ("dmil_kl_weight", "dmil_reconstruction_weight", "dmil_alignment_weight",
+                      "dmil_stage2_component_weight", "dmil_stage3_component_weight", "dmil_stage3_unimodal_weight"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"I2MoEConfig: `{field}` must be a number >= 0, got {value!r}")
+        if self.dmil_stage not in (1, 2, 3) or isinstance(self.dmil_stage, bool):
+            raise ValueError(f"I2MoEConfig: `dmil_stage` must be 1, 2 or 3, got {self.dmil_stage!r}")
+        if self.dmil_full_decomposition is None:
+            self.dmil_full_decomposition = len(self.modalities) == 2
+        if not isinstance(self.dmil_full_decomposition, bool):
+            raise TypeError(f"I2MoEConfig: `dmil_full_decomposition` must be a bool or None, got {self.dmil_full_decomposition!r}")
+        if self.method == "dmil":
+            if len(self.modalities) < 2:
+                raise ValueError(f"I2MoEConfig: method='dmil' decomposes at least 2 modalities, got {len(self.modalities)}")
+            if self.problem_type not in (None, "single_label_classification"):
+                raise ValueError(
+                    f"I2MoEConfig: method='dmil' supports single-label classification only, got problem_type={self.problem_type!r}"
+                )
 
         super().__post_init__(**kwargs)
         _require_positive_int("num_labels", self.num_labels, "I2MoEConfig")

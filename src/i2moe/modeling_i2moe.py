@@ -28,6 +28,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_i2moe import I2MoEConfig, ModalityConfig, tower_hidden_size
+from .dmil_i2moe import DMILInteraction
 from .experts_i2moe import I2MoEInteraction
 from .fusion_i2moe import InteractionOutput, TokenLayout, VanillaFusion
 from .i2m2_i2moe import I2M2UnimodalHeads, assemble_i2m2, combine_i2m2
@@ -83,7 +84,9 @@ class I2MoEOutput(ModelOutput):
 
 # `config.method` -> interaction part. Constructor `(config, layout)`; forward
 # `(tokens (B, T, d), present (B, M) bool, null_tokens (T, d), labels)` -> `InteractionOutput`.
-INTERACTIONS: dict[str, type[nn.Module]] = {"vanilla": VanillaFusion, "i2moe": I2MoEInteraction}
+INTERACTIONS: dict[str, type[nn.Module]] = {
+    "vanilla": VanillaFusion, "i2moe": I2MoEInteraction, "dmil": DMILInteraction,
+}
 
 
 class TokenResampler(nn.Module):
@@ -334,11 +337,17 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         """
         return assemble_i2m2(cls, unimodal, inter, **config_overrides)
 
+    # Names of submodules kept in eval mode by `train()` (BatchNorm statistics fixed, no dropout):
+    # set by training schedules that freeze part of the model, e.g. DMIL's stage 2.
+    frozen_modules: tuple[str, ...] = ()
+
     def train(self, mode: bool = True) -> "I2MoEForClassification":
         super().train(mode)
         for modality in self.config.modalities:
             if modality.freeze:  # frozen towers keep BatchNorm statistics and skip dropout
                 self.towers[modality.name].eval()
+        for name in self.frozen_modules:
+            self.get_submodule(name).eval()
         return self
 
     def forward(
