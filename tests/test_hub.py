@@ -98,11 +98,12 @@ def publish(path: str, model, processor, figure: Path, tmp_path: Path) -> None:
         args = TrainingArguments(output_dir=str(tmp_path / "run"), push_to_hub=True, hub_model_id=REPO_ID, max_steps=1,
                                  per_device_train_batch_size=4, save_strategy="no", report_to=[], use_cpu=True,
                                  remove_unused_columns=False, learning_rate=1e-3)
-        trainer = CardTrainer(model=model, args=args, train_dataset=samples, eval_dataset=samples,
-                              data_collator=processor, processing_class=processor)
+        # The processor is not the `processing_class`: Trainer would read a single `tokenizer` from it.
+        trainer = CardTrainer(model=model, args=args, train_dataset=samples, eval_dataset=samples, data_collator=processor)
         trainer.train()
         trainer.evaluate()
-        trainer.push_to_hub(dataset_name="toy fashion", interpretation_summary=SUMMARY, figure_path=str(figure))
+        trainer.push_to_hub(dataset_name="toy fashion", interpretation_summary=SUMMARY, figure_path=str(figure),
+                            processor=processor)
 
 
 def check_repository(files: dict[str, bytes], processor: I2MoEProcessor) -> dict:

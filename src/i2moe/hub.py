@@ -240,7 +240,9 @@ class ModelCardTrainerMixin:
     `create_model_card` (which writes `output_dir/README.md`) and uploads `output_dir`; this mixin
     replaces only `create_model_card`. Extra keyword arguments of `trainer.push_to_hub(...)` reach
     it: `dataset_name`, `dataset_id`, `eval_results` (default: the last evaluation in the logs),
-    `interpretation_summary`, `figure_path`, `license`, `tags`.
+    `interpretation_summary`, `figure_path`, `license`, `tags`, and `processor`: the
+    `I2MoEProcessor`, when it is neither the trainer's `processing_class` nor its `processor`
+    attribute (it is then saved into `output_dir` and uploaded with the model).
 
     Example:
 
@@ -272,6 +274,7 @@ class ModelCardTrainerMixin:
         eval_results: Mapping[str, float] | None = None,
         interpretation_summary: Mapping[str, Any] | None = None,
         figure_path: str | Path | None = None,
+        processor=None,
     ) -> None:
         if not self.is_world_process_zero():
             return
@@ -281,6 +284,9 @@ class ModelCardTrainerMixin:
             raise TypeError(f"create_model_card: {given} are not used by the I2MoE model card (the towers are the base models)")
         output_dir = Path(self.args.output_dir)
         model = self.accelerator.unwrap_model(self.model)
+        processor = processor or _i2moe_processor(self.processing_class) or _i2moe_processor(getattr(self, "processor", None))
+        if processor is not None and not (output_dir / "processor_config.json").exists():
+            processor.save_pretrained(output_dir)  # a processor kept outside `processing_class` (see its docs)
         if eval_results is None:
             eval_results = next((entry for entry in reversed(self.state.log_history) if "eval_loss" in entry), None)
         if figure_path is not None and Path(figure_path).resolve() != (output_dir / FIGURE_NAME).resolve():
@@ -288,7 +294,7 @@ class ModelCardTrainerMixin:
         card = build_model_card(
             model,
             repo_id=getattr(self, "hub_model_id", None) or model_name,
-            processor=self.processing_class if hasattr(self.processing_class, "modality_names") else None,
+            processor=processor,
             dataset_name=dataset_name or _first(dataset),
             dataset_id=dataset_id or _first(dataset_tags),
             eval_split=eval_split,
@@ -329,6 +335,10 @@ def training_settings(args: "TrainingArguments | Mapping[str, Any]") -> dict[str
             continue
         settings[label] = value
     return settings
+
+
+def _i2moe_processor(candidate):
+    return candidate if hasattr(candidate, "modality_names") else None
 
 
 def _check_processor_matches(model: I2MoEForClassification, processor) -> None:

@@ -358,12 +358,6 @@ class I2MoEProcessor(ProcessorMixin):
             processors[name] = loader.from_pretrained(pretrained_model_name_or_path, **location, **sub_kwargs)
         return cls(processors, text_max_length=processor_dict.get("text_max_length"))
 
-    @property
-    def tokenizer(self):
-        """The first text modality's tokenizer (None without one): `Trainer(processing_class=processor)`
-        reads `processing_class.tokenizer` of every `ProcessorMixin` to align the special tokens."""
-        return next((self.processors[name] for name, kind in self.kinds.items() if kind == "text"), None)
-
     def __repr__(self) -> str:
         lines = [f"- {name} ({self.kinds[name]}): {type(processor).__name__}" for name, processor in self.processors.items()]
         return f"{type(self).__name__}:\n" + "\n".join(lines)
