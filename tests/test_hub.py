@@ -120,7 +120,7 @@ def check_repository(files: dict[str, bytes], processor: I2MoEProcessor) -> dict
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoProcessor"}
     for reference in auto_map.values():
         assert reference.split(".")[0] + ".py" in files, reference  # every auto_map entry points to a sent file
-    for name in code:  # and the relative imports between the code files resolve to sent files too
+    for name in [name for name in files if name.endswith(".py")]:  # relative imports resolve to sent files too
         for line in files[name].decode().splitlines():
             if line.startswith("from ."):
                 assert line.split()[1][1:] + ".py" in files, (name, line)

@@ -18,6 +18,7 @@ from .fusion_i2moe import FUSION_BACKBONES
 
 POOLINGS = ("cls", "mean", "pooler")
 METHODS = ("vanilla",)
+I2M2_MODES = ("product", "intra", "inter")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
@@ -244,6 +245,21 @@ class I2MoEConfig(PreTrainedConfig):
     # --- I2MoE interaction experts (method="i2moe") ---
 
     # --- I2M2 unimodal heads ---
+    # One unimodal classifier per modality combined with the interaction part as a product of
+    # experts (I2M2, NeurIPS 2024); see `I2MoEForClassification` and docs/i2m2.md.
+    i2m2_heads: bool = False
+    # Which experts predict: "product" (unimodal heads x interaction part), "intra" (the product of
+    # the unimodal heads alone) or "inter" (the interaction part alone). Every part exists in every
+    # mode, so one checkpoint is evaluated in each mode by changing this field.
+    i2m2_mode: str = "product"
+    # The unimodal heads get their own copy of each modality's tower and projection (the paper's
+    # separate unimodal networks) instead of reading the shared modality tokens.
+    i2m2_separate_towers: bool = False
+    # Separate towers only: tower-config fields that differ from the modality's tower, per modality
+    # (e.g. {"image": {"base_channels": 3}} for narrower unimodal LeNets).
+    i2m2_tower_overrides: dict | None = None
+    # Hidden width of each unimodal head's MLP (default: `fusion_hidden_size`).
+    i2m2_head_hidden_size: int | None = None
 
     # --- DMIL decomposition (method="dmil") ---
 
@@ -273,11 +289,55 @@ class I2MoEConfig(PreTrainedConfig):
         # --- I2MoE validation ---
 
         # --- I2M2 validation ---
+        self._validate_i2m2()
 
         # --- DMIL validation ---
 
         super().__post_init__(**kwargs)
         _require_positive_int("num_labels", self.num_labels, "I2MoEConfig")
+
+    def _validate_i2m2(self) -> None:
+        for field in ("i2m2_heads", "i2m2_separate_towers"):
+            if not isinstance(getattr(self, field), bool):
+                raise TypeError(f"I2MoEConfig: `{field}` must be a bool, got {getattr(self, field)!r}")
+        if self.i2m2_mode not in I2M2_MODES:
+            raise ValueError(f"I2MoEConfig: `i2m2_mode` must be one of {I2M2_MODES}, got {self.i2m2_mode!r}")
+        if self.i2m2_mode != "product" and not self.i2m2_heads:
+            raise ValueError(
+                f"I2MoEConfig: `i2m2_mode={self.i2m2_mode!r}` selects among the I2M2 experts; set `i2m2_heads=True`"
+            )
+        if self.i2m2_head_hidden_size is None:
+            self.i2m2_head_hidden_size = self.fusion_hidden_size
+        _require_positive_int("i2m2_head_hidden_size", self.i2m2_head_hidden_size, "I2MoEConfig")
+        overrides = self.i2m2_tower_overrides or {}
+        if not isinstance(overrides, dict):
+            raise TypeError(f"I2MoEConfig: `i2m2_tower_overrides` must be a dict, got {type(overrides).__name__}")
+        if overrides and not (self.i2m2_heads and self.i2m2_separate_towers):
+            raise ValueError(
+                "I2MoEConfig: `i2m2_tower_overrides` configures the unimodal heads' own towers; it needs "
+                "`i2m2_heads=True` and `i2m2_separate_towers=True`"
+            )
+        by_name = {modality.name: modality for modality in self.modalities}
+        for name, fields in overrides.items():
+            if name not in by_name:
+                raise ValueError(
+                    f"I2MoEConfig: `i2m2_tower_overrides` names modality {name!r}; the modalities are {list(by_name)}"
+                )
+            unknown = sorted(field for field in fields if not hasattr(by_name[name].tower, field))
+            if unknown:
+                raise ValueError(
+                    f"I2MoEConfig: `i2m2_tower_overrides[{name!r}]` sets {unknown}, which "
+                    f"{type(by_name[name].tower).__name__} does not have"
+                )
+
+    def i2m2_tower_config(self, name: str) -> PreTrainedConfig:
+        """The config of modality `name`'s unimodal tower when `i2m2_separate_towers` is set: the
+        modality's tower config with `i2m2_tower_overrides[name]` applied."""
+        tower = next(modality.tower for modality in self.modalities if modality.name == name)
+        tower = copy.deepcopy(tower)
+        for field, value in (self.i2m2_tower_overrides or {}).get(name, {}).items():
+            setattr(tower, field, value)
+        return tower
 
     @property
     def modality_names(self) -> list[str]:
