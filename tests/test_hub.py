@@ -25,11 +25,19 @@ from test_remote_code import load_in_fresh_process_without_package
 
 
 REPO_ID = "some-org/some-model"
+NAMES = ["uniqueness_image", "uniqueness_text", "uniqueness_tabular", "synergy", "redundancy"]
+
+
+def stats(means, stds=None, shares=None) -> dict:
+    return {"mean_weight": dict(zip(NAMES, means)), "std_weight": dict(zip(NAMES, stds or [0.0] * 5)),
+            "share_dominant": dict(zip(NAMES, shares or [0.2] * 5))}
+
+
+# The shape of `i2moe.interpretation.InterpretationResult.summary()`.
 SUMMARY = {
-    "components": ["uniqueness_image", "uniqueness_text", "uniqueness_tabular", "synergy", "redundancy"],
-    "mean": [0.1, 0.3, 0.05, 0.2, 0.35], "std": [0.02, 0.05, 0.01, 0.04, 0.06],
-    "per_class": {"shirt": [0.1, 0.4, 0.05, 0.15, 0.3], "bag": [0.1, 0.2, 0.05, 0.25, 0.4]},
-    "num_samples": 40, "split": "test",
+    "component_names": NAMES, "num_samples": 40, "grouped_by": "label",
+    "overall": stats([0.1, 0.3, 0.05, 0.2, 0.35], [0.02, 0.05, 0.01, 0.04, 0.06], [0.05, 0.4, 0.0, 0.1, 0.45]),
+    "per_class": {"shirt": stats([0.1, 0.4, 0.05, 0.15, 0.3]), "bag": stats([0.1, 0.2, 0.05, 0.25, 0.4])},
 }
 CARD_SETTINGS = dict(dataset_name="toy fashion", eval_results={"eval_accuracy": 0.8125, "eval_runtime": 1.5},
                      interpretation_summary=SUMMARY)
@@ -158,6 +166,7 @@ def test_every_publishing_path_sends_model_processor_code_card_and_figure(path, 
 def test_model_card_metadata_and_body(model_and_processor, figure):
     model, processor = model_and_processor
     card = build_model_card(model, repo_id=REPO_ID, processor=processor, dataset_id="org/toy-fashion",
+                            interpretation_split="test",
                             figure_path=figure, training_args=TrainingArguments(output_dir="unused", learning_rate=3e-4,
                                                                                 num_train_epochs=5, report_to=[]),
                             **CARD_SETTINGS)
@@ -170,9 +179,11 @@ def test_model_card_metadata_and_body(model_and_processor, figure):
         "| image | image | `i2moe_lenet` | random init |",
         "| text | text | `bert` | [prajjwal1/bert-tiny](https://huggingface.co/prajjwal1/bert-tiny) |",
         "| `fusion_num_heads` | `2` |",  # transformer fusion: its settings, not the concat head's
-        "| **all (40)** | 0.100 ± 0.020 | 0.300 ± 0.050 | 0.050 ± 0.010 | 0.200 ± 0.040 | 0.350 ± 0.060 |",
-        "| bag | 0.100 | 0.200 | 0.050 | 0.250 | 0.400 |",
-        "leans most on `redundancy` (0.350)",
+        "| **all** (n=40), mean ± std | 0.100 ± 0.020 | 0.300 ± 0.050 | 0.050 ± 0.010 | 0.200 ± 0.040 | 0.350 ± 0.060 |",
+        "| **all**, share of samples it dominates | 5.0% | 40.0% | 0.0% | 10.0% | 45.0% |",
+        "| true class = bag, mean | 0.100 | 0.200 | 0.050 | 0.250 | **0.400** |",
+        "| true class = shirt, mean | 0.100 | **0.400** | 0.050 | 0.150 | 0.300 |",
+        "over 40 samples on the test split", "relies most on `redundancy` (mean weight 0.350)",
         "| learning rate | `0.0003` |", "| epochs | `5` |",
         "*learned null tokens*",
         f'repo = "{REPO_ID}"', "AutoProcessor.from_pretrained(repo, trust_remote_code=True)",
@@ -187,8 +198,8 @@ def test_model_card_errors_name_the_problem(model_and_processor, fake_hub):
     model, processor = model_and_processor
     with pytest.raises(ValueError, match="eval_results need `dataset_name`"):
         build_model_card(model, eval_results={"accuracy": 0.5})
-    with pytest.raises(ValueError, match="5 components but 2 mean weights"):
-        build_model_card(model, interpretation_summary={**SUMMARY, "mean": [0.5, 0.5]})
+    with pytest.raises(ValueError, match=r"missing \['overall'\]"):
+        build_model_card(model, interpretation_summary={"component_names": NAMES})
     with pytest.raises(ValueError, match=r"processor modalities \['text', 'image'\] do not match"):
         push_to_hub(model, REPO_ID, processor=I2MoEProcessor({"text": processor.processors["text"],
                                                                "image": processor.processors["image"]}))

@@ -18,7 +18,6 @@ This module is not remote code: the files that travel with a model never import 
 
 from __future__ import annotations
 
-import math
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -72,6 +71,7 @@ def build_model_card(
     eval_split: str = "test",
     eval_results: Mapping[str, float] | Sequence[EvalResult] | None = None,
     interpretation_summary: Mapping[str, Any] | None = None,
+    interpretation_split: str | None = None,
     figure_path: str | Path | None = None,
     training_args: TrainingArguments | Mapping[str, Any] | None = None,
     license: str | None = "apache-2.0",
@@ -91,10 +91,10 @@ def build_model_card(
         eval_split: the split `eval_results` were measured on.
         eval_results: `{metric: value}` (e.g. `{"accuracy": 0.91}`; a Trainer's `eval_` prefixes
             are removed and speed figures dropped) or `EvalResult`s; they become `model-index`.
-        interpretation_summary: the dataset-level interaction composition, a mapping with
-            `components` (names, e.g. `["uniqueness_image", ..., "synergy", "redundancy"]`),
-            `mean` (the mean weight of each), and optionally `std`, `per_class`
-            (`{label: [mean weight per component]}`), `num_samples` and `split`.
+        interpretation_summary: the dataset-level interaction composition: an
+            `i2moe.interpretation.InterpretationResult` or its `summary()` (mean, std and dominant
+            share of each interaction type's weight, overall and per class).
+        interpretation_split: the split the composition was measured on.
         figure_path: the composition plot; shown in the card as `interaction_composition.png`
             (`save_for_hub` copies it beside the card).
         training_args: `TrainingArguments` or a `{setting: value}` mapping for the training table.
@@ -143,7 +143,7 @@ def build_model_card(
         description or _default_description(model, kinds, dataset_name),
         _model_section(model, kinds),
         _results_section(results, dataset_name, eval_split),
-        _interpretation_section(interpretation_summary, figure_path, config),
+        _interpretation_section(interpretation_summary, figure_path, config, interpretation_split),
         _training_section(training_args, model),
         _limitations_section(model),
         _usage_section(model, repo_id or f"your-org/{model_name}", processor, kinds),
@@ -273,6 +273,7 @@ class ModelCardTrainerMixin:
         eval_split: str = "validation",
         eval_results: Mapping[str, float] | None = None,
         interpretation_summary: Mapping[str, Any] | None = None,
+        interpretation_split: str | None = None,
         figure_path: str | Path | None = None,
         processor=None,
     ) -> None:
@@ -300,6 +301,7 @@ class ModelCardTrainerMixin:
             eval_split=eval_split,
             eval_results=eval_results,
             interpretation_summary=interpretation_summary,
+            interpretation_split=interpretation_split,
             figure_path=figure_path,
             training_args={**training_settings(self.args), "optimizer steps": self.state.global_step},
             license=license,
@@ -376,6 +378,8 @@ def _default_description(model, kinds: dict[str, str], dataset_name: str | None)
     task = "regression" if config.num_labels == 1 else f"{config.num_labels}-class classification"
     method = {"vanilla": "plain fusion", "i2moe": "I2MoE interaction experts", "i2m2": "I2M2 inter- and intra-modality heads",
               "dmil": "DMIL interaction decomposition"}.get(config.method, config.method)
+    if getattr(config, "i2m2_heads", False):
+        method += f", with I2M2 unimodal heads (`i2m2_mode={config.i2m2_mode}`)"
     on = f" on {dataset_name}" if dataset_name else ""
     return (f"A multimodal {task} model{on}, built with the `i2moe` library: modalities {modalities}, "
             f"combined by {method} over a `{config.fusion}` fusion backbone.")
@@ -417,6 +421,8 @@ def _method_settings(config) -> dict[str, Any]:
                "output_attentions", "chunk_size_feed_forward", "is_encoder_decoder", "tie_word_embeddings"}
     unused = set().union(*_FUSION_SETTINGS.values()) - _FUSION_SETTINGS.get(config.fusion, set())
     values = config.to_dict()
+    if not values.get("i2m2_heads"):  # I2M2's settings mean nothing without its heads
+        unused |= {key for key in values if key.startswith("i2m2_")}
     return {key: value for key, value in values.items()
             if key in type(config).__annotations__ and key not in generic | unused}
 
@@ -429,37 +435,50 @@ def _results_section(results: list[EvalResult], dataset_name, split) -> str:
     return "\n".join([f"## Results\n\nMeasured{where}.\n", "| metric | value |", "|---|---|", *rows])
 
 
-def _interpretation_section(summary, figure_path, config) -> str:
+def _interpretation_section(summary, figure_path, config, split: str | None) -> str:
     if summary is None:
         if config.method == "vanilla":
             return ("## Interaction composition\n\nNot available: method `vanilla` is one fusion backbone with no "
                     "interaction experts (`i2moe`) or gate (`dmil`) to read a composition from.")
         return ""
-    components, means = list(summary["components"]), list(summary["mean"])
-    if len(components) != len(means):
-        raise ValueError(f"interpretation_summary: {len(components)} components but {len(means)} mean weights")
-    stds = summary.get("std")
-    header = "| samples | " + " | ".join(f"`{name}`" for name in components) + " |"
-    rows = [header, "|---" * (len(components) + 1) + "|"]
-    overall = [f"{m:.3f}" + (f" ± {s:.3f}" if stds is not None else "") for m, s in zip(means, stds or [None] * len(means))]
-    count = f" ({summary['num_samples']})" if summary.get("num_samples") else ""
-    rows.append(f"| **all{count}** | " + " | ".join(overall) + " |")
-    for label, weights in (summary.get("per_class") or {}).items():
-        rows.append(f"| {label} | " + " | ".join(f"{w:.3f}" for w in weights) + " |")
+    if callable(getattr(summary, "summary", None)):  # an `InterpretationResult`
+        summary = summary.summary()
+    missing = sorted({"component_names", "overall"} - set(summary))
+    if missing:
+        raise ValueError(
+            f"interpretation_summary: missing {missing}; expected `InterpretationResult.summary()` "
+            "(i2moe.interpretation) or the result itself"
+        )
+    names = list(summary["component_names"])
+    overall = summary["overall"]
+    means = [overall["mean_weight"][name] for name in names]
+    stds = [overall.get("std_weight", {}).get(name) for name in names]
+    shares = overall.get("share_dominant")
+    rows = ["| samples | " + " | ".join(f"`{name}`" for name in names) + " |", "|---" * (len(names) + 1) + "|",
+            f"| **all** (n={summary.get('num_samples', '?')}), mean ± std | "
+            + " | ".join(f"{m:.3f}" + (f" ± {s:.3f}" if s is not None else "") for m, s in zip(means, stds)) + " |"]
+    if shares:
+        rows.append("| **all**, share of samples it dominates | " + " | ".join(f"{shares[n]:.1%}" for n in names) + " |")
+    grouped_by = {"label": "true class", "prediction": "predicted class"}.get(summary.get("grouped_by"), "class")
+    for label, stats in (summary.get("per_class") or {}).items():
+        weights = [stats["mean_weight"][name] for name in names]
+        top = max(range(len(weights)), key=weights.__getitem__)
+        cells = [f"**{w:.3f}**" if k == top else f"{w:.3f}" for k, w in enumerate(weights)]
+        rows.append(f"| {grouped_by} = {label}, mean | " + " | ".join(cells) + " |")
     top = max(range(len(means)), key=means.__getitem__)
-    split = f" on the {summary['split']} split" if summary.get("split") else ""
-    uniform = 1 / len(components)
-    figure = f"\n\n![Interaction composition]({FIGURE_NAME})" if figure_path is not None else ""
+    on = f" on the {split} split" if split else ""
+    figure = (f"\n\n![Distribution of each interaction type's weight over the samples]({FIGURE_NAME})"
+              if figure_path is not None else "")
     return "\n".join([
         "## Interaction composition", "",
-        f"How much the prediction relies on each interaction type{split}: the mean weight the model gives each "
-        "component (rows sum to 1; a uniform mix would give each "
-        f"{uniform:.3f}). `uniqueness_<m>`: information only modality m carries; `synergy`: information that "
-        "appears only when modalities are combined; `redundancy`: information every modality carries. "
-        f"On average the model leans most on `{components[top]}` ({means[top]:.3f}).", "",
+        f"For every sample the model weighs its interaction experts (the weights sum to 1); these are the weights "
+        f"over {summary.get('num_samples', 'the')} samples{on}. A uniform mix would give each of the {len(names)} "
+        f"types {1 / len(names):.3f}. `uniqueness_<modality>`: information only that modality carries; `synergy`: "
+        "information that appears only when the modalities are combined; `redundancy`: information every modality "
+        f"carries. On average the model relies most on `{names[top]}` (mean weight {means[top]:.3f}); per class, the "
+        "largest mean weight is in bold.", "",
         *rows,
-    ]) + figure + ("\n\nThese weights describe what the model relies on, not causal effects of the modalities."
-                   if not math.isclose(sum(means), 0.0) else "")
+    ]) + figure + "\n\nThe weights describe which interaction type the model uses, not causal effects of the modalities."
 
 
 def _training_section(training_args, model) -> str:
