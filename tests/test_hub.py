@@ -167,6 +167,7 @@ def test_model_card_metadata_and_body(model_and_processor, figure):
     model, processor = model_and_processor
     card = build_model_card(model, repo_id=REPO_ID, processor=processor, dataset_id="org/toy-fashion",
                             interpretation_split="test",
+                            additional_results={"test, without text": {"test_accuracy": 0.5, "test_runtime": 2.0}},
                             figure_path=figure, training_args=TrainingArguments(output_dir="unused", learning_rate=3e-4,
                                                                                 num_train_epochs=5, report_to=[]),
                             **CARD_SETTINGS)
@@ -183,7 +184,8 @@ def test_model_card_metadata_and_body(model_and_processor, figure):
         "| **all**, share of samples it dominates | 5.0% | 40.0% | 0.0% | 10.0% | 45.0% |",
         "| true class = bag, mean | 0.100 | 0.200 | 0.050 | 0.250 | **0.400** |",
         "| true class = shirt, mean | 0.100 | **0.400** | 0.050 | 0.150 | 0.300 |",
-        "over 40 samples on the test split", "relies most on `redundancy` (mean weight 0.350)",
+        "over 40 samples on the test split",
+        "| metric | test | test, without text |", "| accuracy | 0.8125 | 0.5000 |", "relies most on `redundancy` (mean weight 0.350)",
         "| learning rate | `0.0003` |", "| epochs | `5` |",
         "*learned null tokens*",
         f'repo = "{REPO_ID}"', "AutoProcessor.from_pretrained(repo, trust_remote_code=True)",

@@ -70,6 +70,7 @@ def build_model_card(
     dataset_id: str | None = None,
     eval_split: str = "test",
     eval_results: Mapping[str, float] | Sequence[EvalResult] | None = None,
+    additional_results: Mapping[str, Mapping[str, float]] | None = None,
     interpretation_summary: Mapping[str, Any] | None = None,
     interpretation_split: str | None = None,
     figure_path: str | Path | None = None,
@@ -91,6 +92,8 @@ def build_model_card(
         eval_split: the split `eval_results` were measured on.
         eval_results: `{metric: value}` (e.g. `{"accuracy": 0.91}`; a Trainer's `eval_` prefixes
             are removed and speed figures dropped) or `EvalResult`s; they become `model-index`.
+        additional_results: `{condition: {metric: value}}`, more columns of the results table
+            (not in `model-index`), e.g. `{"test, without text": {"accuracy": 0.71}}`.
         interpretation_summary: the dataset-level interaction composition: an
             `i2moe.interpretation.InterpretationResult` or its `summary()` (mean, std and dominant
             share of each interaction type's weight, overall and per class).
@@ -142,7 +145,7 @@ def build_model_card(
         f"# {model_name}",
         description or _default_description(model, kinds, dataset_name),
         _model_section(model, kinds),
-        _results_section(results, dataset_name, eval_split),
+        _results_section(results, additional_results, dataset_name, eval_split),
         _interpretation_section(interpretation_summary, figure_path, config, interpretation_split),
         _training_section(training_args, model),
         _limitations_section(model),
@@ -359,17 +362,22 @@ def _eval_results(eval_results, task_type: str, dataset_name, dataset_id, split)
         return list(eval_results)
     if dataset_name is None:
         raise ValueError("eval_results need `dataset_name` (or `dataset_id`): model-index results name their dataset")
-    results = []
-    for key, value in eval_results.items():
-        metric = key.removeprefix("eval_")
-        if metric in _NOT_RESULTS or metric.endswith(_NOT_RESULTS) or not isinstance(value, (int, float)):
+    return [
+        EvalResult(task_type=task_type, dataset_type=dataset_id or dataset_name, dataset_name=dataset_name,
+                   dataset_split=split, metric_type=metric, metric_name=metric.replace("_", " "), metric_value=value)
+        for metric, value in _metric_values(eval_results, split).items()
+    ]
+
+
+def _metric_values(metrics: Mapping[str, Any], split: str) -> dict[str, float]:
+    """`{metric: value}` without Trainer's `eval_` / `<split>_` key prefixes and without speed figures."""
+    values = {}
+    for key, value in metrics.items():
+        metric = key.removeprefix("eval_").removeprefix(f"{split}_")
+        if metric in _NOT_RESULTS or metric.endswith(_NOT_RESULTS) or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        results.append(EvalResult(
-            task_type=task_type, dataset_type=dataset_id or dataset_name, dataset_name=dataset_name,
-            dataset_split=split, metric_type=metric, metric_name=metric.replace("_", " "),
-            metric_value=round(float(value), 4),
-        ))
-    return results
+        values[metric] = round(float(value), 4)
+    return values
 
 
 def _default_description(model, kinds: dict[str, str], dataset_name: str | None) -> str:
@@ -427,12 +435,19 @@ def _method_settings(config) -> dict[str, Any]:
             if key in type(config).__annotations__ and key not in generic | unused}
 
 
-def _results_section(results: list[EvalResult], dataset_name, split) -> str:
+def _results_section(results: list[EvalResult], additional: Mapping | None, dataset_name, split) -> str:
     if not results:
         return ""
-    rows = [f"| {result.metric_name or result.metric_type} | {result.metric_value:.4f} |" for result in results]
-    where = f" on the {split} split of {dataset_name}" if dataset_name else ""
-    return "\n".join([f"## Results\n\nMeasured{where}.\n", "| metric | value |", "|---|---|", *rows])
+    columns = {split: {r.metric_type: r.metric_value for r in results}}
+    columns.update({condition: _metric_values(metrics, split) for condition, metrics in (additional or {}).items()})
+    rows = ["| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for result in results:
+        cells = [f"{column[result.metric_type]:.4f}" if result.metric_type in column else "–" for column in columns.values()]
+        rows.append(f"| {result.metric_name or result.metric_type} | " + " | ".join(cells) + " |")
+    where = f" on the {split} split of {dataset_name}" if dataset_name else f" on the {split} split"
+    conditions = (" The other columns are the same data under other conditions (e.g. a modality removed from every "
+                  "sample)." if additional else "")
+    return "\n".join([f"## Results\n\nMeasured{where}.{conditions}\n", *rows])
 
 
 def _interpretation_section(summary, figure_path, config, split: str | None) -> str:
