@@ -418,7 +418,7 @@ def _model_section(model, kinds: dict[str, str]) -> str:
         "### Method and fusion", "",
         "| setting | value |", "|---|---|",
         *[f"| `{key}` | `{value}` |" for key, value in settings.items()], "",
-        f"Labels ({config.num_labels}; `problem_type`: {config.problem_type or 'told by the labels at training'}): {shown}",
+        f"Labels ({config.num_labels}" + (f", `{config.problem_type}`" if config.problem_type else "") + f"): {shown}",
     ])
 
 
@@ -528,54 +528,67 @@ def _limitations_section(model) -> str:
 
 def _usage_section(model, repo_id: str, processor, kinds: dict[str, str]) -> str:
     config = model.config
-    example = {"text": '"a short description"', "image": 'Image.open("example.jpg")',
-               "audio": "waveform  # 1-D float array at the feature extractor's sampling rate"}
+    imports = ["import torch"]
     if processor is not None:
-        values = []
-        for name, kind in kinds.items():
-            if kind == "features":
-                normalizer = processor.processors[name]
-                names = getattr(normalizer, "feature_names", None)
-                shape = normalizer.feature_shape
-                value = f"[0.0] * {shape[0]}" if len(shape) == 1 else f"np.zeros({tuple(shape)})"
-                values.append(f'"{name}": {value},' + (f"  # {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}" if names else ""))
-            else:
-                values.append(f'"{name}": {example[kind]},')
-        missing = config.modality_names[-1] if len(config.modality_names) > 1 else None
-        second = ("\n    {" + ", ".join(v.split("  #")[0].rstrip(",") for v in values[:-1]) + "},  # no "
-                  f"{missing}: it is missing") if missing else ""
-        call = "batch = processor([\n    {" + "\n     ".join(values) + "}," + second + "\n])"
-        predict = "\n".join([call, "with torch.no_grad():", "    outputs = model(**batch)",
-                             "labels = [model.config.id2label[i] for i in outputs.logits.argmax(-1).tolist()]"])
+        predict = [_processor_call(processor, kinds), "with torch.no_grad():", "    outputs = model(**batch)",
+                   "labels = [model.config.id2label[i] for i in outputs.logits.argmax(-1).tolist()]"]
+        if "image" in kinds.values():
+            imports.append("from PIL import Image")
+        if any(kind == "features" and len(processor.processors[name].feature_shape) > 1 for name, kind in kinds.items()):
+            imports.insert(0, "import numpy as np")
     else:
-        inputs = ", ".join(f"{key}=..." for key in model.input_names)
-        predict = f"with torch.no_grad():\n    outputs = model({inputs})"
-    imports = "import numpy as np, torch\nfrom PIL import Image\n" if processor is not None else "import torch\n"
-    load_processor = "processor = AutoProcessor.from_pretrained(repo, trust_remote_code=True)\n" if processor is not None else ""
-    auto = "AutoModel, AutoProcessor" if processor is not None else "AutoModel"
-    package_processor = "processor = I2MoEProcessor.from_pretrained(repo)\n" if processor is not None else ""
-    package_import = "I2MoEForClassification, I2MoEProcessor" if processor is not None else "I2MoEForClassification"
-    expert_note = ""
+        predict = ["with torch.no_grad():", f"    outputs = model({', '.join(f'{key}=...' for key in model.input_names)})"]
+    note = ""
     if config.method in ("i2moe", "dmil"):
         field = "expert_weights" if config.method == "i2moe" else "gate_weights"
-        expert_note = (f"\n\n`outputs.{field}` `(batch, components)` holds each sample's interaction "
-                       f"composition, in the order of `model.interaction.component_names`.")
+        note = (f"\n\n`outputs.{field}` `(batch, components)` holds each sample's interaction composition, in the "
+                "order of `model.interaction.component_names`.")
+    with_processor = processor is not None
     return "\n".join([
         "## How to use", "",
         "### Without the `i2moe` package", "",
-        "The model and processor code ships with this repository (`auto_map` in `config.json` and "
-        "`processor_config.json`); transformers runs it with `trust_remote_code=True`.", "",
-        "```python", imports + f"from transformers import {auto}", "",
+        "The model" + (" and processor" if with_processor else "") + " code ships with this repository (`auto_map` in "
+        "`config.json`" + (" and `processor_config.json`" if with_processor else "") + "); transformers runs it with "
+        "`trust_remote_code=True`.", "",
+        "```python", *imports, "from transformers import AutoModel" + (", AutoProcessor" if with_processor else ""), "",
         f'repo = "{repo_id}"',
         "model = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()",
-        load_processor + predict, "```", "",
+        *(["processor = AutoProcessor.from_pretrained(repo, trust_remote_code=True)"] if with_processor else []),
+        *predict, "```", "",
         "### With the `i2moe` package", "",
         "The package registers the Auto classes, so no remote code runs:", "",
-        "```python", f"from i2moe import {package_import}", "",
+        "```python", "from i2moe import I2MoEForClassification" + (", I2MoEProcessor" if with_processor else ""), "",
         f'repo = "{repo_id}"',
         "model = I2MoEForClassification.from_pretrained(repo).eval()",
-        package_processor + "```" + expert_note,
+        *(["processor = I2MoEProcessor.from_pretrained(repo)"] if with_processor else []),
+        "```" + note,
     ])
+
+
+def _processor_call(processor, kinds: dict[str, str]) -> str:
+    """`batch = processor([...])` with one full sample and one that lacks the last modality."""
+    values = {}
+    for name, kind in kinds.items():
+        if kind == "features":
+            normalizer = processor.processors[name]
+            shape, names = normalizer.feature_shape, getattr(normalizer, "feature_names", None) or []
+            value = f"[0.0] * {shape[0]}" if len(shape) == 1 else f"np.zeros({tuple(shape)})"
+            columns = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            values[name] = (value, f"  # {columns}" if columns else "")
+        else:
+            values[name] = ({"text": '"a short description"', "image": 'Image.open("example.jpg")',
+                             "audio": "waveform"}[kind],
+                            "  # 1-D float array at the feature extractor's sampling rate" if kind == "audio" else "")
+    lines = ["batch = processor(["]
+    names = list(values)
+    lines.append("    {")
+    lines += [f'        "{name}": {value},{comment}' for name, (value, comment) in values.items()]
+    lines.append("    },")
+    if len(names) > 1:
+        lines.append("    {" + ", ".join(f'"{name}": {values[name][0]}' for name in names[:-1])
+                     + f"}},  # no {names[-1]}: a missing modality")
+    lines.append("])")
+    return "\n".join(lines)
 
 
 def _count(number: int) -> str:
