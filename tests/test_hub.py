@@ -205,6 +205,17 @@ def test_model_card_metadata_and_body(model_and_processor, figure):
         compile(snippet, "model card snippet", "exec")  # the loading snippets are valid Python
 
 
+def test_local_tower_paths_are_not_published(model_and_processor, tmp_path):
+    model, _ = model_and_processor
+    model.config.modalities[0].tower_name_or_path = str(tmp_path / "efficientnet-lite0")
+    card = build_model_card(model)
+    assert card.data.base_model == ["prajjwal1/bert-tiny"] and str(tmp_path) not in str(card)
+    assert "| image | image | `i2moe_lenet` | local folder `efficientnet-lite0` |" in card.text
+    card = build_model_card(model, tower_sources_overrides={"image": "timm/efficientnet_lite0.ra_in1k",
+                                                            "text": "converted from a TF checkpoint"})
+    assert card.data.base_model == ["timm/efficientnet_lite0.ra_in1k"] and "| converted from a TF checkpoint |" in card.text
+
+
 def test_model_card_errors_name_the_problem(model_and_processor, fake_hub):
     model, processor = model_and_processor
     with pytest.raises(ValueError, match="eval_results need `dataset_name`"):

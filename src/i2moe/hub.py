@@ -18,6 +18,7 @@ This module is not remote code: the files that travel with a model never import 
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -79,6 +80,7 @@ def build_model_card(
     pipeline_tag: str | None = None,
     tags: Sequence[str] | None = None,
     description: str | None = None,
+    tower_sources_overrides: Mapping[str, str] | None = None,
 ) -> ModelCard:
     r"""
     The model card of a trained I2MoE model: Hub metadata in the YAML header, documentation below.
@@ -104,6 +106,9 @@ def build_model_card(
         license, pipeline_tag, tags: Hub metadata; `pipeline_tag` defaults to the classification
             task of the modalities' kind when they share one, else `"other"`.
         description: a paragraph placed under the title.
+        tower_sources_overrides: modality -> where its tower came from, for towers loaded from a local
+            folder: a Hub id (e.g. `"sentence-transformers/all-MiniLM-L6-v2"`, listed as `base_model`)
+            or a description. Local paths are never published (see [`tower_sources`]).
 
     Example:
 
@@ -125,7 +130,8 @@ def build_model_card(
     if pipeline_tag is None:
         pipeline_tag = _TASK_OF_KIND[next(iter(kinds.values()))] if len(set(kinds.values())) == 1 else "other"
     results = _eval_results(eval_results, pipeline_tag, dataset_name or dataset_id, dataset_id, eval_split)
-    base_models = [modality.tower_name_or_path for modality in config.modalities if modality.tower_name_or_path]
+    sources = tower_sources(model, overrides=tower_sources_overrides)
+    base_models = _unique(source for source in sources.values() if _is_hub_id(source))
     model_name = repo_id.split("/")[-1] if repo_id else f"i2moe-{config.method}-{config.fusion}"
     card_data = ModelCardData(
         library_name="transformers",
@@ -144,7 +150,7 @@ def build_model_card(
     sections = [
         f"# {model_name}",
         description or _default_description(model, kinds, dataset_name),
-        _model_section(model, kinds),
+        _model_section(model, kinds, sources),
         _results_section(results, additional_results, dataset_name, eval_split),
         _interpretation_section(interpretation_summary, figure_path, config, interpretation_split),
         _training_section(training_args, model),
@@ -242,10 +248,11 @@ class ModelCardTrainerMixin:
     `Trainer.push_to_hub` saves the model and `processing_class` into `output_dir`, calls
     `create_model_card` (which writes `output_dir/README.md`) and uploads `output_dir`; this mixin
     replaces only `create_model_card`. Extra keyword arguments of `trainer.push_to_hub(...)` reach
-    it: `dataset_name`, `dataset_id`, `eval_results` (default: the last evaluation in the logs),
-    `interpretation_summary`, `figure_path`, `license`, `tags`, and `processor`: the
-    `I2MoEProcessor`, when it is neither the trainer's `processing_class` nor its `processor`
-    attribute (it is then saved into `output_dir` and uploaded with the model).
+    it: any argument of [`build_model_card`] (`dataset_name`, `eval_results` (default: the last
+    evaluation in the logs), `interpretation_summary`, `figure_path`, `additional_results`, ...),
+    and `processor`: the `I2MoEProcessor`, when it is neither the trainer's `processing_class` nor
+    its `processor` attribute (it is then saved into `output_dir` and uploaded with the model).
+    Calling `trainer.create_model_card(...)` alone writes the card without uploading.
 
     Example:
 
@@ -275,10 +282,9 @@ class ModelCardTrainerMixin:
         dataset_id: str | None = None,
         eval_split: str = "validation",
         eval_results: Mapping[str, float] | None = None,
-        interpretation_summary: Mapping[str, Any] | None = None,
-        interpretation_split: str | None = None,
         figure_path: str | Path | None = None,
         processor=None,
+        **card_settings,
     ) -> None:
         if not self.is_world_process_zero():
             return
@@ -303,13 +309,12 @@ class ModelCardTrainerMixin:
             dataset_id=dataset_id or _first(dataset_tags),
             eval_split=eval_split,
             eval_results=eval_results,
-            interpretation_summary=interpretation_summary,
-            interpretation_split=interpretation_split,
             figure_path=figure_path,
             training_args={**training_settings(self.args), "optimizer steps": self.state.global_step},
             license=license,
             pipeline_tag=_first(tasks),
             tags=[tags] if isinstance(tags, str) else tags,
+            **card_settings,
         )
         card.save(output_dir / CARD_NAME)
 
@@ -324,6 +329,28 @@ def modality_kinds(model: I2MoEForClassification, processor=None) -> dict[str, s
         arguments = [key[len(name) + 1:] for key in model.input_names if key.startswith(f"{name}_")]
         kinds[name] = next((_KIND_OF_TOWER_INPUT[a] for a in arguments if a in _KIND_OF_TOWER_INPUT), "features")
     return kinds
+
+
+def tower_sources(model: I2MoEForClassification, overrides: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """Modality -> where its tower's weights came from: `overrides`, else `ModalityConfig.tower_name_or_path`
+    when it is a Hub id; a local folder is given by its name only ("local folder `model`"), since a
+    path on the publisher's machine means nothing to readers and `base_model` must name Hub models."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(model.config.modality_names))
+    if unknown:
+        raise ValueError(f"tower sources given for unknown modalities {unknown}; the model has {model.config.modality_names}")
+    sources = {}
+    for modality in model.config.modalities:
+        source = overrides.get(modality.name, modality.tower_name_or_path)
+        if source and modality.name not in overrides and not _is_hub_id(source):
+            source = f"local folder `{Path(source).name}`"
+        sources[modality.name] = source
+    return sources
+
+
+def _is_hub_id(value: str | None) -> bool:
+    return bool(value) and re.fullmatch(r"[\w.-]+/[\w.-]+", value) is not None and not value.startswith(".") \
+        and not Path(value).exists()
 
 
 def training_settings(args: "TrainingArguments | Mapping[str, Any]") -> dict[str, Any]:
@@ -393,13 +420,13 @@ def _default_description(model, kinds: dict[str, str], dataset_name: str | None)
             f"combined by {method} over a `{config.fusion}` fusion backbone.")
 
 
-def _model_section(model, kinds: dict[str, str]) -> str:
+def _model_section(model, kinds: dict[str, str], sources: dict[str, str | None]) -> str:
     config = model.config
     rows = ["| modality | kind | tower | pretrained from | parameters | pooling | tokens | frozen |",
             "|---|---|---|---|---|---|---|---|"]
     for modality in config.modalities:
-        source = modality.tower_name_or_path
-        source = f"[{source}](https://huggingface.co/{source})" if source and "/" in source and not Path(source).exists() else (source or "random init")
+        source = sources[modality.name]
+        source = f"[{source}](https://huggingface.co/{source})" if _is_hub_id(source) else (source or "random init")
         parameters = sum(p.numel() for p in model.towers[modality.name].parameters())
         rows.append(f"| {modality.name} | {kinds[modality.name]} | `{modality.tower.model_type}` | {source} | "
                     f"{_count(parameters)} | {modality.pooling} | {modality.num_tokens} | {'yes' if modality.freeze else 'no'} |")
@@ -606,4 +633,7 @@ def _first(value):
     return value[0] if isinstance(value, (list, tuple)) else value
 
 
-__all__ = ["ModelCardTrainerMixin", "build_model_card", "modality_kinds", "push_to_hub", "save_for_hub", "training_settings"]
+__all__ = [
+    "ModelCardTrainerMixin", "build_model_card", "modality_kinds", "push_to_hub", "save_for_hub", "tower_sources",
+    "training_settings",
+]
