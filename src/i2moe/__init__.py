@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoProcessor
 
 from .configuration_i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoELeNetConfig, ModalityConfig
+from . import hub
 from .fusion_i2moe import FUSION_BACKBONES, TokenLayout, build_fusion, register_fusion
 from .modeling_i2moe import I2MoEForClassification, I2MoEOutput, I2MoEPreTrainedModel
 from .processing_i2moe import I2MoEFeatureNormalizer, I2MoEProcessor
@@ -34,6 +35,8 @@ AutoModelForImageClassification.register(
 )
 I2MoEEfficientNetLiteForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 AutoProcessor.register(I2MoEConfig, I2MoEProcessor, exist_ok=True)
+# `model.push_to_hub(repo, processor=...)` publishes model, processor and model card together.
+I2MoEForClassification.hub_publisher = staticmethod(hub.push_to_hub)
 I2MoEProcessor.register_for_auto_class()
 
 __all__ = [

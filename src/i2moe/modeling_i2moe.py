@@ -341,6 +341,30 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
     # set by training schedules that freeze part of the model, e.g. DMIL's stage 2.
     frozen_modules: tuple[str, ...] = ()
 
+    # Set by the i2moe package to `i2moe.hub.push_to_hub` (model + processor + model card in one commit).
+    # Remote code never imports the package, so a model loaded that way keeps transformers' `push_to_hub`.
+    hub_publisher = None
+
+    def push_to_hub(self, repo_id: str, *, processor=None, **kwargs):
+        r"""
+        Upload the model (safetensors + remote code) to the Hub. With the i2moe package installed this is
+        `i2moe.hub.push_to_hub(model, repo_id, processor=processor, **kwargs)`: the processor and a model
+        card with results and the interaction composition go in the same commit (see `docs/publishing.md`).
+        Without the package (a model loaded as remote code) it is transformers' `push_to_hub`.
+
+        Example:
+
+        ```python
+        >>> model.push_to_hub("my-org/my-model", processor=processor, dataset_name="my data",  # doctest: +SKIP
+        ...                   eval_results={"accuracy": 0.9})
+        ```
+        """
+        if self.hub_publisher is None:
+            if processor is not None:
+                raise ValueError("push_to_hub(processor=...) needs the i2moe package; push the processor itself instead")
+            return super().push_to_hub(repo_id, **kwargs)
+        return self.hub_publisher(self, repo_id, processor=processor, **kwargs)
+
     def train(self, mode: bool = True) -> "I2MoEForClassification":
         super().train(mode)
         for modality in self.config.modalities:
