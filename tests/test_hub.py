@@ -121,9 +121,10 @@ def publish(path: str, model, processor, figure: Path, tmp_path: Path) -> None:
 def check_repository(files: dict[str, bytes], processor: I2MoEProcessor) -> dict:
     """What every published repository must hold; returns the card's metadata."""
     code = {"configuration_i2moe.py", "modeling_i2moe.py", "fusion_i2moe.py", "towers_i2moe.py", "processing_i2moe.py"}
+    sub_processors = {"image": "image/preprocessor_config.json", "text": "text/tokenizer_config.json",
+                      "tabular": "tabular/preprocessor_config.json"}
     expected = {"README.md", FIGURE_NAME, "config.json", "model.safetensors", "processor_config.json", *code,
-                "image/preprocessor_config.json", "text/tokenizer_config.json",
-                "tabular/preprocessor_config.json"}
+                *(sub_processors[name] for name in processor.modality_names)}
     assert expected <= set(files), sorted(expected - set(files))
     assert not [name for name in files if name.endswith((".pt", ".pth", ".pkl")) or name == "pytorch_model.bin"]
     config = json.loads(files["config.json"])
@@ -296,3 +297,42 @@ def test_published_repository_loads_without_the_package_from_a_folder_and_the_hu
     with torch.no_grad():
         torch.testing.assert_close(loaded(**loaded_processor(samples)).logits, expected, rtol=0, atol=0)
     assert np.isfinite(expected.numpy()).all()
+
+
+def test_example_script_publishes_model_processor_and_card_with_the_composition(fake_hub, tmp_path):
+    """examples/run_classification.py --method i2moe --push_to_hub on real fashion products, tiny towers."""
+    from transformers import BertModel, ViTConfig, ViTImageProcessor, ViTModel
+
+    from conftest import SHARED_DATA, tiny_bert_config
+    from test_fashion import _run_classification_module
+    from test_processor import make_tokenizer
+
+    ViTModel(ViTConfig(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32)).save_pretrained(tmp_path / "image")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "image")
+    BertModel(tiny_bert_config()).save_pretrained(tmp_path / "text")
+    make_tokenizer().save_pretrained(tmp_path / "text")
+    _run_classification_module().main([
+        "--data_dir", str(SHARED_DATA), "--cache_dir", str(tmp_path / "cache"), "--target", "masterCategory",
+        "--image_model", str(tmp_path / "image"), "--text_model", str(tmp_path / "text"), "--method", "i2moe",
+        "--output_dir", str(tmp_path / "run"), "--do_train", "--do_predict", "--max_train_samples", "16",
+        "--max_test_samples", "12", "--max_steps", "1", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "12", "--eval_missing_modality", "image", "--hidden_size", "32",
+        "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--use_cpu", "true",
+        "--push_to_hub", "true", "--hub_model_id", REPO_ID,
+    ])
+    files = fake_hub[-1]["files"]  # Trainer also pushes when the script saves the model; the last push is final
+    metadata = check_repository(files, I2MoEProcessor.from_pretrained(tmp_path / "run"))
+    assert {"i2moe", "image", "text"} <= set(metadata["tags"]) and "interpretation_test.json" in files
+    [result] = metadata["model-index"][0]["results"]
+    assert result["dataset"] == {"name": "Fashion Product Images (small)", "type": "Fashion Product Images (small)",
+                                 "split": "test"}
+    text = files["README.md"].decode()
+    summary = json.loads(files["interpretation_test.json"])["summary"]
+    assert summary["num_samples"] == 12 and summary["component_names"] == [
+        "uniqueness_image", "uniqueness_text", "synergy", "redundancy"]
+    for expected in ("## Interaction composition", "over 12 samples on the test split", "| metric | test | test, without image |",
+                     f"![Distribution of each interaction type's weight over the samples]({FIGURE_NAME})",
+                     "| image | image | `vit` | local folder `image` |", "| learning rate |"):
+        assert expected in text, expected
+    assert str(tmp_path) not in text
