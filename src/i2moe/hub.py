@@ -303,7 +303,7 @@ class ModelCardTrainerMixin:
             shutil.copyfile(figure_path, output_dir / FIGURE_NAME)
         card = build_model_card(
             model,
-            repo_id=getattr(self, "hub_model_id", None) or model_name,
+            repo_id=getattr(self, "hub_model_id", None) or self.args.hub_model_id or model_name,
             processor=processor,
             dataset_name=dataset_name or _first(dataset),
             dataset_id=dataset_id or _first(dataset_tags),
