@@ -206,6 +206,16 @@ def test_model_card_metadata_and_body(model_and_processor, figure):
         compile(snippet, "model card snippet", "exec")  # the loading snippets are valid Python
 
 
+@pytest.mark.parametrize("method", ["i2moe", "dmil"])
+def test_model_card_lists_the_settings_of_the_method_in_use(method):
+    from conftest import make_config
+
+    text = build_model_card(I2MoEForClassification(make_config("concat", method=method))).text
+    other = {"i2moe": "dmil_", "dmil": "i2moe_"}[method]
+    assert f"| `{method}_" in text and f"| `{other}" not in text and "| `i2m2_" not in text and "fusion_num_heads" not in text
+    assert ("outputs.expert_weights" if method == "i2moe" else "outputs.gate_weights") in text
+
+
 def test_local_tower_paths_are_not_published(model_and_processor, tmp_path):
     model, _ = model_and_processor
     model.config.modalities[0].tower_name_or_path = str(tmp_path / "efficientnet-lite0")
