@@ -211,8 +211,9 @@ def test_model_card_lists_the_settings_of_the_method_in_use(method):
     from conftest import make_config
 
     text = build_model_card(I2MoEForClassification(make_config("concat", method=method))).text
-    other = {"i2moe": "dmil_", "dmil": "i2moe_"}[method]
-    assert f"| `{method}_" in text and f"| `{other}" not in text and "| `i2m2_" not in text and "fusion_num_heads" not in text
+    settings = {"i2moe": "| `i2moe_lambda_int` |", "dmil": "| `dmil_latent_size` |"}
+    assert settings[method] in text and settings[{"i2moe": "dmil", "dmil": "i2moe"}[method]] not in text
+    assert "| `i2m2_" not in text and "fusion_num_heads" not in text
     assert ("outputs.expert_weights" if method == "i2moe" else "outputs.gate_weights") in text
 
 
