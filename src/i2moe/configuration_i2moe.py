@@ -247,7 +247,13 @@ class I2MoEConfig(PreTrainedConfig):
 
     # --- DMIL decomposition (method="dmil") ---
 
+    # --- Saved format (reliability) ---
+    # The layout of saved configs and weights this code reads; bumped on incompatible changes, so a
+    # config.json from a newer layout fails with an error instead of loading into the wrong weights.
+    i2moe_format_version: int = 1
+
     def __post_init__(self, **kwargs):
+        _check_format_version(self.i2moe_format_version)
         self.modalities = _parse_modalities(self.modalities)
         for field in ("hidden_size", "fusion_num_layers", "fusion_num_heads", "fusion_hidden_size",
                       "lrtf_rank", "lrtf_output_size"):
@@ -323,6 +329,18 @@ def _parse_modalities(modalities) -> list[ModalityConfig]:
     if duplicates:
         raise ValueError(f"I2MoEConfig: two modalities share the name(s) {duplicates}; names must be unique")
     return parsed
+
+
+FORMAT_VERSION = 1
+
+
+def _check_format_version(version) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(
+            f"I2MoEConfig: `i2moe_format_version` is {version!r}, but this code reads versions 1 to {FORMAT_VERSION}: "
+            "the config was written by an incompatible (newer) i2moe. Upgrade i2moe, or load the model with "
+            "trust_remote_code=True to use the code saved beside it"
+        )
 
 
 def _require_positive_int(field: str, value, owner: str) -> None:
