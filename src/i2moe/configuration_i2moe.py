@@ -301,7 +301,13 @@ class I2MoEConfig(PreTrainedConfig):
     # paper validated only the intra-modality level beyond two); True for M > 2 is an extension.
     dmil_full_decomposition: bool | None = None
 
+    # --- Saved format (reliability) ---
+    # The layout of saved configs and weights this code reads; bumped on incompatible changes, so a
+    # config.json from a newer layout fails with an error instead of loading into the wrong weights.
+    i2moe_format_version: int = 1
+
     def __post_init__(self, **kwargs):
+        _check_format_version(self.i2moe_format_version)
         self.modalities = _parse_modalities(self.modalities)
         for field in ("hidden_size", "fusion_num_layers", "fusion_num_heads", "fusion_hidden_size",
                       "lrtf_rank", "lrtf_output_size"):
@@ -466,6 +472,18 @@ def _validate_i2moe(config: "I2MoEConfig") -> None:
     if not 0.0 <= config.i2moe_reweight_dropout < 1.0:
         raise ValueError(
             f"I2MoEConfig: `i2moe_reweight_dropout` must be in [0, 1), got {config.i2moe_reweight_dropout!r}"
+        )
+
+
+FORMAT_VERSION = 1
+
+
+def _check_format_version(version) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(
+            f"I2MoEConfig: `i2moe_format_version` is {version!r}, but this code reads versions 1 to {FORMAT_VERSION}: "
+            "the config was written by an incompatible (newer) i2moe. Upgrade i2moe, or load the model with "
+            "trust_remote_code=True to use the code saved beside it"
         )
 
 

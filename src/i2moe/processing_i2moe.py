@@ -226,7 +226,7 @@ class I2MoEProcessor(ProcessorMixin):
                 output[f"{name}_{key}"] = _scatter_rows(tensor, rows, batch_size, self._fill_value(name, key))
         output["modality_mask"] = present
         if labels is not None:
-            output["labels"] = torch.as_tensor(np.asarray(labels))
+            output["labels"] = _labels_tensor(labels)
         return BatchFeature(output)
 
     def _columns(self, samples, labels, modalities: dict) -> tuple[dict[str, list], Any]:
@@ -288,6 +288,8 @@ class I2MoEProcessor(ProcessorMixin):
             for value, row in zip(values, rows):
                 if not isinstance(value, str):
                     raise TypeError(f"sample {row}: expected a str, got {type(value).__name__}")
+                if not value.strip():  # would become a present text of special tokens only
+                    raise ValueError(f"sample {row}: the text is empty; pass None to mark the text missing")
             max_length = self.text_max_length or processor.model_max_length
             # Tokenizers that know no limit report a sentinel (int(1e30)): then nothing is truncated.
             limited = max_length < _NO_LIMIT
@@ -393,6 +395,16 @@ def _kind_of(name: str, processor) -> str:
     )
 
 
+def _labels_tensor(labels) -> torch.Tensor:
+    array = np.asarray(labels.numpy() if isinstance(labels, torch.Tensor) else labels)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"I2MoEProcessor: `labels` must be numbers (class indices, multi-hot rows or regression targets), got "
+            f"dtype {array.dtype}; map label names to ids first (config.label2id)"
+        )
+    return torch.as_tensor(array)
+
+
 def _scatter_rows(tensor: torch.Tensor, rows: torch.Tensor, batch_size: int, fill_value: int) -> torch.Tensor:
     """The present rows' tensor spread over the whole batch, placeholder `fill_value` elsewhere."""
     if len(rows) == batch_size:
@@ -418,11 +430,28 @@ def _load_image(value, row: int):
     if isinstance(value, PIL.Image.Image):
         return value if value.mode == "RGB" else value.convert("RGB")
     if isinstance(value, (np.ndarray, torch.Tensor)):
-        return value
+        return _check_image_array(value, row)
     raise TypeError(
         f"sample {row}: expected an image (PIL image, array, tensor, bytes, file path or {{'bytes', 'path'}} dict), "
         f"got {type(value).__name__}"
     )
+
+
+def _check_image_array(value, row: int):
+    """An image given as an array must look like one: otherwise the image processor fails with a
+    message that names no sample, or scales NaN into the pixels."""
+    array = value.numpy() if isinstance(value, torch.Tensor) else value
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"sample {row}: expected an image array of numbers, got dtype {array.dtype}")
+    channel_first, channel_last = (array.shape[0], array.shape[-1]) if array.ndim == 3 else (None, None)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and channel_first not in (1, 3, 4) and channel_last not in (1, 3, 4)):
+        raise ValueError(
+            f"sample {row}: expected an image array of shape (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4; "
+            f"got shape {tuple(array.shape)}"
+        )
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"sample {row}: the image array contains NaN or inf")
+    return value
 
 
 def _load_waveform(value, row: int, sampling_rate: int) -> np.ndarray:
