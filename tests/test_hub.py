@@ -167,6 +167,7 @@ def test_every_publishing_path_sends_model_processor_code_card_and_figure(path, 
 
 def test_model_card_metadata_and_body(model_and_processor, figure):
     model, processor = model_and_processor
+    model.config.modalities[1].freeze = True  # the card reads what is frozen from the config
     card = build_model_card(model, repo_id=REPO_ID, processor=processor, dataset_id="org/toy-fashion",
                             interpretation_split="test",
                             additional_results={"test, without text": {"test_accuracy": 0.5, "test_runtime": 2.0}},
@@ -197,6 +198,9 @@ def test_model_card_metadata_and_body(model_and_processor, figure):
     ):
         assert expected in text, expected
     assert "fusion_hidden_size" not in text and "`shirt`, `bag`, `watch`" in text
+    total, text_tower = model.num_parameters(), sum(p.numel() for p in model.towers["text"].parameters())
+    assert f"{total / 1e3:.1f}k in all, {(total - text_tower) / 1e3:.1f}k trained (frozen towers excluded)" in text
+    assert "Frozen towers (weights and BatchNorm statistics fixed): text." in text
     snippets = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     assert len(snippets) == 2
     for snippet in snippets:

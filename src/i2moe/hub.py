@@ -367,7 +367,8 @@ def training_settings(args: "TrainingArguments | Mapping[str, Any]") -> dict[str
             continue  # -1: training length is given by epochs
         if field in ("bf16", "fp16") and not value:
             continue
-        settings[label] = value
+        # Whole numbers read as such (TrainingArguments keeps some counts as floats).
+        settings[label] = int(value) if isinstance(value, float) and value.is_integer() and field != "learning_rate" else value
     return settings
 
 
@@ -433,7 +434,8 @@ def _model_section(model, kinds: dict[str, str], sources: dict[str, str | None])
         rows.append(f"| {modality.name} | {kinds[modality.name]} | `{modality.tower.model_type}` | {source} | "
                     f"{_count(parameters)} | {modality.pooling} | {modality.num_tokens} | {'yes' if modality.freeze else 'no'} |")
     total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # Told by the config, not `requires_grad`, which a loaded model may not carry over.
+    frozen = sum(p.numel() for m in config.modalities if m.freeze for p in model.towers[m.name].parameters())
     settings = _method_settings(config)
     labels = list(config.id2label.values())
     shown = ", ".join(f"`{label}`" for label in labels[:40]) + (f", ... ({len(labels)} in all)" if len(labels) > 40 else "")
@@ -443,7 +445,7 @@ def _model_section(model, kinds: dict[str, str], sources: dict[str, str | None])
         f"projected to a shared width of {config.hidden_size} and layer-normed. The method `{config.method}` then "
         f"combines the modality tokens with the `{config.fusion}` fusion backbone.", "",
         "### Towers", "", *rows, "",
-        f"Parameters: {_count(total)} in all, {_count(trainable)} trainable.", "",
+        f"Parameters: {_count(total)} in all, {_count(total - frozen)} trained (frozen towers excluded).", "",
         "### Method and fusion", "",
         "| setting | value |", "|---|---|",
         *[f"| `{key}` | `{value}` |" for key, value in settings.items()], "",
@@ -461,8 +463,8 @@ def _method_settings(config) -> dict[str, Any]:
     # Each method's settings (`i2moe_*`, `dmil_*`; `i2m2_*` with its heads) only when it is in use.
     active = {config.method, *(["i2m2"] if values.get("i2m2_heads") else [])}
     unused |= {key for key in values if key.split("_")[0] in _METHOD_PREFIXES - active}
-    return {key: value for key, value in values.items()
-            if key in type(config).__annotations__ and key not in generic | unused}
+    return {key: value for key, value in values.items() if key in type(config).__annotations__
+            and key not in generic | unused and not key.endswith("_format_version")}
 
 
 def _results_section(results: list[EvalResult], additional: Mapping | None, dataset_name, split) -> str:
