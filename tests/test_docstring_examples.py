@@ -7,7 +7,8 @@ import re
 import pytest
 
 
-MODULES = ["configuration_i2moe", "fusion_i2moe", "towers_i2moe", "modeling_i2moe", "processing_i2moe", "i2m2_i2moe"]
+MODULES = ["configuration_i2moe", "fusion_i2moe", "towers_i2moe", "modeling_i2moe", "processing_i2moe", "dmil_i2moe",
+           "dmil_training", "hub", "i2m2_i2moe"]
 
 
 class FencedDocTestParser(doctest.DocTestParser):

@@ -1,0 +1,122 @@
+"""Train every interaction method for a few steps with `Trainer`, alone or under a launcher.
+
+    python tests/distributed/train_methods.py OUT                          # one process, batch 8
+    torchrun --nproc_per_node 2 tests/distributed/train_methods.py OUT     # two CPU processes (gloo), 4 each
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
+        --mixed_precision no --dynamo_backend no tests/distributed/train_methods.py OUT
+
+Either way the global batch is 8 rows in a fixed (sequential) order, so one process and two see
+the same batches. The rows are laid out so that, under two processes, one process's whole batch
+lacks a modality while the other's has it (rows 0-3 lack m1, rows 12-15 lack m0), and one global
+batch lacks m2 everywhere (rows 16-23). DDP runs with `find_unused_parameters=False`: it fails if
+a skipped tower leaves any parameter without a gradient.
+
+Each process writes, per method, `OUT/{method}.{tag}.safetensors` (the trained weights) and
+`OUT/{method}.{tag}.json` (training loss, the modalities its batches lacked entirely, whether the
+method samples noise in training), with tag `single` or `rank{r}`. `tests/test_distributed.py`
+compares them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from safetensors.torch import save_file
+from transformers import Trainer, TrainingArguments
+
+from i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification
+from i2moe.modeling_i2moe import INTERACTIONS
+
+
+FEATURE_SIZES = (8, 4, 6)
+GLOBAL_BATCH = 8
+NUM_ROWS = 32
+
+
+def build_config(method: str) -> I2MoEConfig:
+    """Three feature modalities, no dropout anywhere (the runs must be comparable)."""
+    modalities = [
+        {"name": f"m{index}", "tower": I2MoEFeaturesConfig(input_size=size, hidden_size=16, num_hidden_layers=1,
+                                                           hidden_dropout_prob=0.0)}
+        for index, size in enumerate(FEATURE_SIZES)
+    ]
+    return I2MoEConfig(modalities=modalities, method=method, hidden_size=16, fusion="transformer", fusion_num_layers=1,
+                       fusion_num_heads=2, fusion_hidden_size=16, num_labels=3, dropout=0.0)
+
+
+def build_dataset() -> Dataset:
+    generator = torch.Generator().manual_seed(0)
+    features = {f"m{index}_features": torch.randn(NUM_ROWS, size, generator=generator)
+                for index, size in enumerate(FEATURE_SIZES)}
+    mask = torch.ones(NUM_ROWS, len(FEATURE_SIZES), dtype=torch.long)
+    mask[0:4, 1] = 0  # rank 0's first batch lacks m1; rank 1's has it
+    mask[12:16, 0] = 0  # rank 1's second batch lacks m0; rank 0's has it
+    mask[16:24, 2] = 0  # the whole third global batch lacks m2
+    mask[24:32] = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]]).repeat(2, 1)  # mixed rows
+    labels = features["m0_features"][:, :3].argmax(1)
+    columns = {key: value.numpy() for key, value in features.items()}
+    return Dataset.from_dict({**columns, "modality_mask": mask.numpy(), "labels": labels.numpy()}).with_format("torch")
+
+
+def samples_noise_in_training(model: I2MoEForClassification, dataset: Dataset) -> bool:
+    """Whether a training-mode forward depends on the RNG (I2MoE noise, DMIL's VIB sampling):
+    such a method cannot match across process counts, whose RNG streams differ."""
+    batch = dataset[:GLOBAL_BATCH]
+    losses = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            losses.append(model.train()(**batch).loss)
+    return not torch.equal(*losses)
+
+
+def train(method: str, output_dir: Path, world_size: int) -> None:
+    torch.manual_seed(0)
+    model = I2MoEForClassification(build_config(method))
+    dataset = build_dataset()
+    stochastic = samples_noise_in_training(model, dataset)
+    absent = []  # per step: the modalities missing from this process's whole batch
+
+    def record_absent(module, args, kwargs):
+        present = kwargs["modality_mask"].bool().any(0)
+        absent.append([name for name, here in zip(module.config.modality_names, present.tolist()) if not here])
+
+    model.register_forward_pre_hook(record_absent, with_kwargs=True)
+    args = TrainingArguments(
+        output_dir=str(output_dir / "trainer" / method), per_device_train_batch_size=GLOBAL_BATCH // world_size,
+        num_train_epochs=2, learning_rate=0.1, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0,
+        train_sampling_strategy="sequential", use_cpu=True, ddp_backend="gloo" if world_size > 1 else None,
+        ddp_find_unused_parameters=False, remove_unused_columns=False, save_strategy="no", report_to=[],
+        logging_strategy="no", disable_tqdm=True, seed=0, dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset)
+    result = trainer.train()
+    rank = int(os.environ.get("RANK", 0))
+    tag = f"rank{rank}" if world_size > 1 else "single"
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(output_dir / f"{method}.{tag}.safetensors"))
+    report = {"training_loss": result.training_loss, "absent": absent, "stochastic": stochastic,
+              "world_size": trainer.args.world_size}
+    (output_dir / f"{method}.{tag}.json").write_text(json.dumps(report))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir", type=Path)
+    parser.add_argument("--methods", nargs="*", default=sorted(INTERACTIONS))
+    args = parser.parse_args(argv)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    for method in args.methods:
+        train(method, args.output_dir, world_size)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
