@@ -65,6 +65,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--snr_db", type=float, default=AVMNISTRecipe.snr_db)
     parser.add_argument("--workers", type=int, default=6, help="models trained in parallel processes (one thread each)")
     parser.add_argument("--work_dir", default="/tmp/i2moe-avmnist-runs", help="where the trained parts are saved")
+    parser.add_argument("--stage", default="all", choices=["all", "parts", "products"],
+                        help="train the separate parts, the assembled products (from saved parts), or both")
+    parser.add_argument("--skip_done", action="store_true", help="skip models whose results the work folder holds")
     parser.add_argument("--summarise_only", action="store_true",
                         help="only tabulate the per-seed results an earlier (possibly interrupted) run kept")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "avmnist.json"))
@@ -159,6 +162,10 @@ def stage_tasks(args) -> tuple[list[tuple], list[tuple]]:
     return parts, assembled
 
 
+def task_folder(args, seed: int, name: str, fusion: str | None) -> Path:
+    return Path(args.work_dir) / f"seed{seed}" / f"{name}-{fusion or 'none'}"
+
+
 def run_task(task: tuple, args) -> tuple:
     """Train one model, save it with `save_pretrained` under the work folder, and return
     `(seed, "model/fusion", test accuracy)`. Products are assembled from the saved parts."""
@@ -167,8 +174,8 @@ def run_task(task: tuple, args) -> tuple:
     torch.manual_seed(seed)  # fixes the new weights of every model
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     key = f"{name}/{fusion or ''}"
-    folder = Path(args.work_dir) / f"seed{seed}" / f"{name}-{fusion or 'none'}"
-    saved = lambda row, row_fusion=None: str(Path(args.work_dir) / f"seed{seed}" / f"{row}-{row_fusion or 'none'}")
+    folder = task_folder(args, seed, name, fusion)
+    saved = lambda row, row_fusion=None: str(task_folder(args, seed, row, row_fusion))
     if name in MODALITIES:
         model, lr, epochs = I2MoEForClassification(model_config((name,), width=3)), args.lr, args.unimodal_epochs
     elif name in ("inter", "i2moe"):
@@ -226,8 +233,11 @@ def main() -> None:
     if not args.summarise_only:
         load_tensors(args, [])  # build (or find) the cached dataset once, before the workers read it
         parts, assembled = stage_tasks(args)
+        stages = {"all": (parts, assembled), "parts": (parts,), "products": (assembled,)}[args.stage]
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
-            for stage in (parts, assembled):  # the products need every saved part
+            for stage in stages:  # the products need every saved part
+                if args.skip_done:
+                    stage = [task for task in stage if not (task_folder(args, *task) / "test_accuracy.json").exists()]
                 list(pool.map(run_task, stage, [args] * len(stage)))
     per_seed = collect_partials(args)
     rows = summarise(per_seed, args.models)
