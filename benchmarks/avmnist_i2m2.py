@@ -2,11 +2,13 @@
 and I2MoE with and without I2M2 heads when this package has `method="i2moe"`.
 
 Staged training as in the I2M2 paper: the image-only and audio-only models (LeNet towers of width
-3) and each inter model (LeNet towers of width 6) are trained separately; the intra-only baseline
-and each I2M2 model are then assembled from the trained parts with
-`I2MoEForClassification.from_i2m2_parts` and fine-tuned jointly. Every model keeps the epoch with
-the best validation accuracy; test accuracy is reported as mean and std over seeds (seeds run in
-parallel worker processes, one thread each). The data are the offline AV-MNIST of
+3) and each inter model (LeNet towers of width 6) are trained separately and saved with
+`save_pretrained` under `--work_dir`; the intra-only baseline and each I2M2 model are then
+assembled from the saved folders with `I2MoEForClassification.from_i2m2_parts` and fine-tuned
+jointly. Every model keeps the epoch with the best validation accuracy; test accuracy is reported
+as mean and std over seeds. Models train as parallel single-threaded tasks (`--workers`); each
+writes its test accuracy beside its weights, so an interrupted run can be resumed
+(`--skip_done`) or tabulated (`--summarise_only`). The data are the offline AV-MNIST of
 `i2moe.datasets_avmnist` (built once with the data seed 0, then cached); model seeds vary.
 
     PYTHONPATH=src python benchmarks/avmnist_i2m2.py                    # the table (3 seeds)
