@@ -5,6 +5,7 @@ to vanilla fusion with the same backbone (the counter and the settings are those
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "i2moe_step_tim
 def _load_benchmark():
     spec = importlib.util.spec_from_file_location("i2moe_step_time", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
