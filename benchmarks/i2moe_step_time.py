@@ -300,8 +300,9 @@ def main(argv=None) -> None:
         if args.op_count_only:
             return
 
-    rows = []
     out_path = RESULTS / f"i2moe_step_time_{args.device}.json"
+    # Rows of earlier runs for other (setting, precision, method) are kept: settings can be run apart.
+    rows = json.loads(out_path.read_text()) if out_path.exists() else []
     for setting in args.settings:
         big = setting in BIG_SETTINGS
         steps = args.big_steps if big and args.big_steps else args.steps
@@ -318,6 +319,7 @@ def main(argv=None) -> None:
                 row.update(torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.processor()
                            or platform.machine())
                 print(json.dumps(row), flush=True)
+                rows = [r for r in rows if (r["setting"], r["precision"], r["method"]) != (setting, precision, method)]
                 rows.append(row)
                 out_path.write_text(json.dumps(rows, indent=2) + "\n")  # partial results survive a kill
     print_ratios(rows)
