@@ -442,7 +442,9 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
 
 
 def _build_tower(config) -> PreTrainedModel:
-    builtin = BUILTIN_TOWERS.get(type(config))
+    # Matched by `model_type`, not by class: under `trust_remote_code` transformers may import these
+    # files more than once, so the config's class need not be the very class object used here.
+    builtin = {config_class.model_type: model for config_class, model in BUILTIN_TOWERS.items()}.get(config.model_type)
     return builtin(config) if builtin is not None else AutoModel.from_config(config)
 
 
