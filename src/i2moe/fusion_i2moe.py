@@ -242,7 +242,21 @@ class TransformerFusion(nn.Module):
 
 
 def build_fusion(config, layout: TokenLayout, num_stacks: int = 1) -> nn.Module:
-    """The backbone named by `config.fusion`, with `num_stacks` independent weight copies."""
+    """The backbone named by `config.fusion`, with `num_stacks` independent weight copies.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from i2moe import I2MoEConfig, I2MoEFeaturesConfig, TokenLayout, build_fusion
+    >>> config = I2MoEConfig(modalities=[{"name": "a", "tower": I2MoEFeaturesConfig()},
+    ...                                  {"name": "b", "tower": I2MoEFeaturesConfig()}],
+    ...                      hidden_size=32, fusion="transformer", num_labels=5)
+    >>> experts = build_fusion(config, TokenLayout(("a", "b"), (1, 1)), num_stacks=4)
+    >>> experts(torch.randn(1, 8, 2, 32)).shape  # 4 stacked copies share one input batch
+    torch.Size([4, 8, 5])
+    ```
+    """
     return FUSION_BACKBONES[config.fusion](config, layout, num_stacks)
 
 

@@ -16,6 +16,7 @@ This file travels with saved models as Hub remote code: it imports only its sibl
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 
@@ -28,7 +29,10 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_i2moe import I2MoEConfig, ModalityConfig, tower_hidden_size
-from .fusion_i2moe import TokenLayout, VanillaFusion
+from .dmil_i2moe import DMILInteraction
+from .experts_i2moe import I2MoEInteraction
+from .fusion_i2moe import InteractionOutput, TokenLayout, VanillaFusion
+from .i2m2_i2moe import I2M2UnimodalHeads, assemble_i2m2, combine_i2m2
 from .towers_i2moe import BUILTIN_TOWERS
 
 
@@ -81,7 +85,9 @@ class I2MoEOutput(ModelOutput):
 
 # `config.method` -> interaction part. Constructor `(config, layout)`; forward
 # `(tokens (B, T, d), present (B, M) bool, null_tokens (T, d), labels)` -> `InteractionOutput`.
-INTERACTIONS: dict[str, type[nn.Module]] = {"vanilla": VanillaFusion}
+INTERACTIONS: dict[str, type[nn.Module]] = {
+    "vanilla": VanillaFusion, "i2moe": I2MoEInteraction, "dmil": DMILInteraction,
+}
 
 
 class TokenResampler(nn.Module):
@@ -215,17 +221,14 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
             # `from_pretrained`, so this model's `post_init` leaves its weights untouched.
             tower = towers.get(modality.name) or _build_tower(modality.tower)
             modality.tower = tower.config  # one config object, so tower settings stay in sync
-            if modality.freeze:
-                tower.requires_grad_(False)
-            elif modality.pooling != "pooler" and isinstance(getattr(tower, "pooler", None), nn.Module):
-                # An unused pooler would get no gradient, which DDP reports as an error.
-                tower.pooler.requires_grad_(False)
+            _set_trainable(tower, modality)
             self.towers[modality.name] = tower
         self.projections = nn.ModuleDict(
             {modality.name: ModalityProjection(modality, config) for modality in config.modalities}
         )
         self.null_tokens = nn.Parameter(torch.empty(self.layout.total_tokens, config.hidden_size))
         self.interaction = INTERACTIONS[config.method](config, self.layout)
+        self.i2m2 = self._build_i2m2_heads(towers) if config.i2m2_heads else None
         self._input_routes = {
             f"{name}_{argument}": (name, argument)
             for name, tower in self.towers.items()
@@ -298,6 +301,72 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         return model
 
     @classmethod
+    def from_i2m2_parts(
+        cls,
+        unimodal: dict[str, "str | I2MoEForClassification"],
+        inter: "str | I2MoEForClassification | None" = None,
+        **config_overrides,
+    ) -> "I2MoEForClassification":
+        r"""
+        Assemble an I2M2 model from separately trained parts (the paper's staged initialisation:
+        train each unimodal model and the inter model alone, load them into the product, then
+        fine-tune the product jointly).
+
+        Args:
+            unimodal: modality name -> a trained one-modality model of this class (a path or the
+                model) with `method="vanilla"` and `fusion="concat"`: its tower, projection and MLP
+                head become that modality's unimodal branch.
+            inter: the trained multimodal model (any `method` and `fusion`) whose towers,
+                projections, null tokens and interaction part are loaded unchanged. `None` builds
+                the intra-only baseline (`i2m2_mode="intra"`) whose towers are the unimodal ones.
+            config_overrides: further `I2MoEConfig` fields. With an inter part the default is
+                `i2m2_separate_towers=True`, and `i2m2_tower_overrides` records how the unimodal
+                towers differ from the inter part's (e.g. narrower LeNets).
+
+        Every loaded weight equals the part's weight bit for bit. Returns the model in eval mode
+        (as `from_pretrained` does); call `.train()` to fine-tune.
+
+        Example:
+
+        ```python
+        >>> from i2moe import I2MoEForClassification
+        >>> model = I2MoEForClassification.from_i2m2_parts(  # doctest: +SKIP
+        ...     unimodal={"image": "runs/image-only", "audio": "runs/audio-only"}, inter="runs/late-fusion")
+        >>> model.config.i2m2_mode, model.config.i2m2_separate_towers  # doctest: +SKIP
+        ('product', True)
+        ```
+        """
+        return assemble_i2m2(cls, unimodal, inter, **config_overrides)
+
+    # Names of submodules kept in eval mode by `train()` (BatchNorm statistics fixed, no dropout):
+    # set by training schedules that freeze part of the model, e.g. DMIL's stage 2.
+    frozen_modules: tuple[str, ...] = ()
+
+    # Set by the i2moe package to `i2moe.hub.push_to_hub` (model + processor + model card in one commit).
+    # Remote code never imports the package, so a model loaded that way keeps transformers' `push_to_hub`.
+    hub_publisher = None
+
+    def push_to_hub(self, repo_id: str, *, processor=None, **kwargs):
+        r"""
+        Upload the model (safetensors + remote code) to the Hub. With the i2moe package installed this is
+        `i2moe.hub.push_to_hub(model, repo_id, processor=processor, **kwargs)`: the processor and a model
+        card with results and the interaction composition go in the same commit (see `docs/publishing.md`).
+        Without the package (a model loaded as remote code) it is transformers' `push_to_hub`.
+
+        Example:
+
+        ```python
+        >>> model.push_to_hub("my-org/my-model", processor=processor, dataset_name="my data",  # doctest: +SKIP
+        ...                   eval_results={"accuracy": 0.9})
+        ```
+        """
+        if self.hub_publisher is None:
+            if processor is not None:
+                raise ValueError("push_to_hub(processor=...) needs the i2moe package; push the processor itself instead")
+            return super().push_to_hub(repo_id, **kwargs)
+        return self.hub_publisher(self, repo_id, processor=processor, **kwargs)
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> "I2MoEForClassification":
         """`PreTrainedModel.from_pretrained`, with clear errors where transformers would only warn
         and initialise new weights, or fail with a message that names neither file nor field: a
@@ -324,6 +393,8 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         for modality in self.config.modalities:
             if modality.freeze:  # frozen towers keep BatchNorm statistics and skip dropout
                 self.towers[modality.name].eval()
+        for name in self.frozen_modules:
+            self.get_submodule(name).eval()
         return self
 
     def forward(
@@ -346,8 +417,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         routed = self._route_inputs(modality_inputs)
         present = self._presence(modality_mask, routed, _batch_size(routed, modality_mask))
-        tokens = self._embed(routed, present)
-        result = self.interaction(tokens, present=present, null_tokens=self.null_tokens, labels=labels)
+        result = self._predict(routed, present, labels)
         loss = None
         if labels is not None:
             loss = self.task_loss(result.logits, labels)
@@ -356,30 +426,60 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         output = I2MoEOutput(loss=loss, logits=result.logits, **result.extra_outputs)
         return output if return_dict else output.to_tuple()
 
+    def _predict(self, routed: dict, present: torch.Tensor, labels: torch.Tensor | None) -> InteractionOutput:
+        """Tokens -> the interaction part, and with I2M2 heads the product of experts (per
+        `config.i2m2_mode`: product, intra-only or inter-only)."""
+        mode = self.config.i2m2_mode if self.i2m2 is not None else "inter"
+        shared_tokens = None
+        if mode != "intra" or not self.i2m2.separate_towers:
+            shared_tokens = self._embed(routed, present)
+        if mode == "inter":
+            return self.interaction(shared_tokens, present=present, null_tokens=self.null_tokens, labels=labels)
+        inter = None
+        if mode == "product":
+            inter = self.interaction(shared_tokens, present=present, null_tokens=self.null_tokens, labels=labels)
+        unimodal_tokens = self._embed(routed, present, self.i2m2) if self.i2m2.separate_towers else shared_tokens
+        unimodal_logits = self.i2m2(unimodal_tokens)
+        problem_type = self.config.problem_type or (
+            _infer_problem_type(self.config.num_labels, labels) if labels is not None
+            else "regression" if self.config.num_labels == 1 else "single_label_classification"
+        )
+        logits = combine_i2m2(unimodal_logits, present, None if inter is None else inter.logits, problem_type)
+        extra_outputs = dict(inter.extra_outputs) if inter is not None else {}
+        # A missing modality's head is reported as zeros: it is not part of the product.
+        extra_outputs["unimodal_logits"] = unimodal_logits.masked_fill(~present[..., None], 0.0)
+        return InteractionOutput(
+            logits=logits, auxiliary_loss=None if inter is None else inter.auxiliary_loss, extra_outputs=extra_outputs
+        )
+
     def embed_modalities(self, modality_mask: torch.Tensor | None = None, **modality_inputs) -> torch.Tensor:
         """The fusion tokens `(B, T, d)` for a batch: each present modality through its tower once,
         the learned null tokens wherever a modality is missing (see `forward` for the inputs)."""
         routed = self._route_inputs(modality_inputs)
         return self._embed(routed, self._presence(modality_mask, routed, _batch_size(routed, modality_mask)))
 
-    def _embed(self, routed: dict[str, dict[str, torch.Tensor]], present: torch.Tensor) -> torch.Tensor:
+    def _embed(self, routed: dict[str, dict[str, torch.Tensor]], present: torch.Tensor,
+               encoder: nn.Module | None = None) -> torch.Tensor:
+        """Tokens from `encoder`'s `towers`, `projections` and `null_tokens` (the model's own, or
+        the I2M2 heads' separate unimodal ones)."""
+        encoder = self if encoder is None else encoder
         batch_size = present.shape[0]
         chunks = []
         for index, name in enumerate(self.layout.names):
-            null = self.null_tokens[self.layout.token_slice(index)].expand(batch_size, -1, -1)
+            null = encoder.null_tokens[self.layout.token_slice(index)].expand(batch_size, -1, -1)
             rows = present[:, index]
             if name not in routed or not rows.any():
                 chunks.append(self._with_idle_modality_parameters(name, null))
             elif rows.all():
                 # `where` rather than a plain return keeps the null tokens in the graph, so every
                 # parameter gets a gradient each step (DDP requires that).
-                chunks.append(torch.where(rows[:, None, None], self._encode(name, routed[name]), null))
+                chunks.append(torch.where(rows[:, None, None], self._encode(name, routed[name], encoder), null))
             else:
                 # Only the present rows go through the tower: no wasted compute, and placeholder
                 # inputs never reach BatchNorm statistics.
                 indices = rows.nonzero().squeeze(1)
                 subset = {argument: value[indices] for argument, value in routed[name].items()}
-                encoded = self._encode(name, subset)
+                encoded = self._encode(name, subset, encoder)
                 chunks.append(null.index_copy(0, indices, encoded.to(null.dtype)))
         return torch.cat(chunks, dim=1)
 
@@ -446,8 +546,8 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         _check_finite_labels(targets)
         return F.mse_loss(logits.float(), targets)
 
-    def _encode(self, name: str, tower_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        tower = self.towers[name]
+    def _encode(self, name: str, tower_inputs: dict[str, torch.Tensor], encoder: nn.Module) -> torch.Tensor:
+        tower = encoder.towers[name]
         _check_tower_inputs(name, tower_inputs, tower.config)
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())):
             try:
@@ -458,7 +558,33 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         if sequence.dim() == 4:  # CNN feature map (B, C, h, w) -> spatial tokens (B, h*w, C)
             sequence = sequence.flatten(2).transpose(1, 2)
         mask = _sequence_mask(tower, tower_inputs.get("attention_mask"), sequence.shape[1])
-        return self.projections[name](sequence, mask, getattr(outputs, "pooler_output", None))
+        return encoder.projections[name](sequence, mask, getattr(outputs, "pooler_output", None))
+
+    def _build_i2m2_heads(self, towers: dict[str, PreTrainedModel]) -> I2M2UnimodalHeads:
+        """The unimodal heads; with `i2m2_separate_towers`, each with its own tower and projection
+        (a copy of a given pretrained tower when its config is not overridden)."""
+        config = self.config
+        if not config.i2m2_separate_towers:
+            return I2M2UnimodalHeads(config, self.layout)
+        overrides = config.i2m2_tower_overrides or {}
+        unimodal_towers = nn.ModuleDict()
+        for modality in config.modalities:
+            if modality.name in towers and modality.name not in overrides:
+                # The copy keeps the `_is_hf_initialized` flags, so `post_init` leaves it untouched.
+                tower = copy.deepcopy(towers[modality.name])
+            else:
+                tower = _build_tower(config.i2m2_tower_config(modality.name))
+            _set_trainable(tower, modality)
+            unimodal_towers[modality.name] = tower
+        projections = nn.ModuleDict({
+            modality.name: ModalityProjection(
+                ModalityConfig(name=modality.name, tower=unimodal_towers[modality.name].config,
+                               pooling=modality.pooling, num_tokens=modality.num_tokens),
+                config,
+            )
+            for modality in config.modalities
+        })
+        return I2M2UnimodalHeads(config, self.layout, unimodal_towers, projections)
 
     def _route_inputs(self, modality_inputs: dict) -> dict[str, dict[str, torch.Tensor]]:
         routed: dict[str, dict[str, torch.Tensor]] = {}
@@ -541,6 +667,14 @@ def _check_loaded_modalities(config: I2MoEConfig, loading_info: dict) -> None:
 def _build_tower(config) -> PreTrainedModel:
     builtin = BUILTIN_TOWERS.get(config.model_type)
     return builtin(config) if builtin is not None else AutoModel.from_config(config)
+
+
+def _set_trainable(tower: PreTrainedModel, modality: ModalityConfig) -> None:
+    if modality.freeze:
+        tower.requires_grad_(False)
+    elif modality.pooling != "pooler" and isinstance(getattr(tower, "pooler", None), nn.Module):
+        # An unused pooler would get no gradient, which DDP reports as an error.
+        tower.pooler.requires_grad_(False)
 
 
 def _tower_arguments(tower: nn.Module) -> list[str]:

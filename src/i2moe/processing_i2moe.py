@@ -29,6 +29,7 @@ import torch
 from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer, BatchFeature
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.feature_extraction_utils import FeatureExtractionMixin
+from transformers.models.auto.tokenization_auto import get_tokenizer_config, tokenizer_class_from_name
 from transformers.image_processing_base import ImageProcessingMixin
 from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -219,8 +220,8 @@ class I2MoEProcessor(ProcessorMixin):
             values = [columns[name][row] for row in rows.tolist()]
             try:
                 encoded = self._encode(name, values, rows.tolist())
-            except (ValueError, TypeError) as error:
-                raise type(error)(f"modality {name!r}: {error}") from error
+            except (ValueError, TypeError) as error:  # say which modality; keep the kind of error
+                raise (TypeError if isinstance(error, TypeError) else ValueError)(f"modality {name!r}: {error}") from error
             for key, tensor in encoded.items():
                 output[f"{name}_{key}"] = _scatter_rows(tensor, rows, batch_size, self._fill_value(name, key))
         output["modality_mask"] = present
@@ -254,12 +255,15 @@ class I2MoEProcessor(ProcessorMixin):
             raise ValueError(f"I2MoEProcessor: no inputs; pass samples or lists for some of {self.modality_names}")
         self._check_names(list(modalities), "keyword arguments")
         lengths = {}
+        modalities = dict(modalities)
         for name, values in modalities.items():
-            if not isinstance(values, (list, tuple)):
+            # Any sized iterable works (a list, a `datasets` column, an array of rows), but not one sample.
+            if isinstance(values, (str, bytes, dict, PIL.Image.Image)) or not hasattr(values, "__len__") or not hasattr(values, "__iter__"):
                 raise TypeError(
                     f"I2MoEProcessor: `{name}` must be a list with one entry per sample (None where missing), "
                     f"got {type(values).__name__}"
                 )
+            modalities[name] = list(values)
             lengths[name] = len(values)
         if labels is not None:
             lengths["labels"] = len(labels)
@@ -350,16 +354,30 @@ class I2MoEProcessor(ProcessorMixin):
             if kind not in KINDS:
                 raise ValueError(f"{pretrained_model_name_or_path}: modality {name!r} has unknown kind {kind!r}; expected one of {KINDS}")
             location = {"subfolder": os.path.join(subfolder, name) if subfolder else name}
-            loader = {"text": AutoTokenizer, "image": AutoImageProcessor, "audio": AutoFeatureExtractor,
-                      "features": I2MoEFeatureNormalizer}[kind]
-            sub_kwargs = hub_kwargs if loader is not I2MoEFeatureNormalizer else {
-                key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
+            if kind == "text":
+                loader = _tokenizer_class(pretrained_model_name_or_path, location["subfolder"], hub_kwargs)
+            else:
+                loader = {"image": AutoImageProcessor, "audio": AutoFeatureExtractor, "features": I2MoEFeatureNormalizer}[kind]
+            auto = loader in (AutoTokenizer, AutoImageProcessor, AutoFeatureExtractor)
+            sub_kwargs = hub_kwargs if auto else {key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
             processors[name] = loader.from_pretrained(pretrained_model_name_or_path, **location, **sub_kwargs)
         return cls(processors, text_max_length=processor_dict.get("text_max_length"))
 
     def __repr__(self) -> str:
         lines = [f"- {name} ({self.kinds[name]}): {type(processor).__name__}" for name, processor in self.processors.items()]
         return f"{type(self).__name__}:\n" + "\n".join(lines)
+
+
+def _tokenizer_class(location, subfolder: str, hub_kwargs: dict):
+    """The class named in the saved `tokenizer_config.json` (`AutoTokenizer` for custom tokenizers).
+    `AutoTokenizer` would first look for a model `config.json` in the subfolder, which a processor's
+    subfolder never has: offline, from a cache filled by `snapshot_download`, that look-up fails."""
+    kwargs = {key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
+    tokenizer_config = get_tokenizer_config(location, subfolder=subfolder, **kwargs)
+    class_name = tokenizer_config.get("tokenizer_class")
+    if not class_name or "auto_map" in tokenizer_config:
+        return AutoTokenizer
+    return tokenizer_class_from_name(class_name) or AutoTokenizer
 
 
 def _kind_of(name: str, processor) -> str:

