@@ -469,7 +469,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
             null = encoder.null_tokens[self.layout.token_slice(index)].expand(batch_size, -1, -1)
             rows = present[:, index]
             if name not in routed or not rows.any():
-                chunks.append(self._with_idle_modality_parameters(name, null))
+                chunks.append(self._with_idle_modality_parameters(name, null, encoder))
             elif rows.all():
                 # `where` rather than a plain return keeps the null tokens in the graph, so every
                 # parameter gets a gradient each step (DDP requires that).
@@ -483,9 +483,9 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
                 chunks.append(null.index_copy(0, indices, encoded.to(null.dtype)))
         return torch.cat(chunks, dim=1)
 
-    def _with_idle_modality_parameters(self, name: str, null: torch.Tensor) -> torch.Tensor:
+    def _with_idle_modality_parameters(self, name: str, null: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
         """`null` (the tokens of modality `name`, missing from the whole batch), tied to the
-        modality's trainable tower and projection parameters by a zero-weighted term.
+        modality's trainable tower and projection parameters in `encoder` by a zero-weighted term.
 
         DDP (without `find_unused_parameters=True`) needs a gradient for every trainable parameter
         in every step of every process; a tower skipped because its modality is missing from this
@@ -497,7 +497,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
             return null
         idle = [
             parameter
-            for module in (self.towers[name], self.projections[name])
+            for module in (encoder.towers[name], encoder.projections[name])
             for parameter in module.parameters()
             if parameter.requires_grad
         ]
