@@ -5,12 +5,14 @@ I2M2 heads; DMIL in each stage) with `Trainer` under
 `torchrun --nproc_per_node 2`, with DDP's `find_unused_parameters=False` and batches in which one
 process's rows all lack a modality, then once in this process with the same global batches. The
 runs must agree: the two replicas hold identical weights, and (for methods that sample no noise in
-training) the two-process weights equal the one-process weights within float tolerance.
+training) the two-process weights equal the one-process weights within float tolerance. The same
+launch also trains the vanilla model under FSDP2 with the whole model as one unit.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -58,10 +60,10 @@ def runs(tmp_path_factory) -> Path:
     then the one-process reference, in this process."""
     output_dir = tmp_path_factory.mktemp("distributed")
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    launch([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port())], output_dir)
+    launch([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port())], output_dir, script_args=["--fsdp"])
     threads = torch.get_num_threads()
     try:
-        train_methods.main([str(output_dir)])
+        train_methods.main([str(output_dir), "--fsdp"])
     finally:
         torch.set_num_threads(threads)
     return output_dir
@@ -91,6 +93,16 @@ def test_two_process_weights_match_one_process(runs, variant):
     assert len(moved) > len(single) // 4, "training barely changed the weights; the comparison would be vacuous"
     for name, tensor in single.items():
         torch.testing.assert_close(rank0[name], tensor, rtol=1e-4, atol=1e-5, msg=f"1 vs 2 processes differ at {name}")
+
+
+def test_fsdp_with_the_model_as_one_unit_matches_one_process(runs):
+    """FSDP2 on two CPU processes, towers not wrapped on their own (docs/distributed.md), with a
+    modality missing from one process's batch: trains, and ends where the unsharded loop ends."""
+    sharded, report = read_run(runs, "fsdp", "rank0")
+    single, _ = read_run(runs, "fsdp", "single")
+    assert report["world_size"] == 2 and all(map(math.isfinite, report["losses"]))
+    for name, tensor in single.items():
+        torch.testing.assert_close(sharded[name], tensor, rtol=1e-4, atol=1e-5, msg=f"FSDP vs 1 process differ at {name}")
 
 
 def test_accelerate_launch_runs_two_cpu_processes(tmp_path):

@@ -15,7 +15,8 @@ a skipped tower leaves any parameter without a gradient.
 The variants (`variants()`): every method of `INTERACTIONS`, each with and without the I2M2
 unimodal heads (shared towers, and once with separate unimodal towers), DMIL in each of its three
 stages as its schedule sets them up (`apply_dmil_stage`, which freezes what a stage does not train),
-and I2MoE with its noise-free `null` perturbation (so that its runs can be compared exactly).
+and I2MoE with its noise-free `null` perturbation and no interaction loss (so that its runs can be
+compared exactly; see `variants`).
 
 Each process writes, per variant, `OUT/{variant}.{tag}.safetensors` (the trained weights) and
 `OUT/{variant}.{tag}.json` (training loss, the modalities its batches lacked entirely, whether the
@@ -57,8 +58,12 @@ def variants() -> dict[str, dict]:
             found[name] = settings
             found[f"{name}+i2m2"] = {**settings, "i2m2_heads": True}
     found["vanilla+i2m2-separate"] = {"method": "vanilla", "i2m2_heads": True, "i2m2_separate_towers": True}
-    if "i2moe" in INTERACTIONS:  # perturbation by the learned null tokens draws no noise: comparable across runs
-        found["i2moe-null"] = {"method": "i2moe", "i2moe_perturbation": "null"}
+    if "i2moe" in INTERACTIONS:
+        # Comparable across process counts: the null-token perturbation draws no noise, and without
+        # the interaction loss, which averages over the (modality, row) pairs present in each
+        # process's batch: DDP then averages per-process means, which weight pairs differently from
+        # one process's mean over the global batch when processes see different missingness.
+        found["i2moe-null-lambda0"] = {"method": "i2moe", "i2moe_perturbation": "null", "i2moe_lambda_int": 0.0}
     return found
 
 
@@ -139,16 +144,49 @@ def train(variant: str, output_dir: Path, world_size: int) -> None:
     (output_dir / f"{variant}.{tag}.json").write_text(json.dumps(report))
 
 
+def train_fsdp_root_unit(output_dir: Path, world_size: int) -> None:
+    """The vanilla model under FSDP2 (`fully_shard`) as one unit, the way docs/distributed.md
+    advises (towers not wrapped on their own), with the same batches; a plain SGD loop, since
+    `Trainer` + FSDP needs a GPU. Alone (one process) the same loop runs unsharded. Writes
+    `OUT/fsdp.{tag}.safetensors` (full weights) and `.json` (losses)."""
+    torch.manual_seed(0)
+    model = build_model("vanilla").train()
+    if world_size > 1:
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    dataset = build_dataset()
+    rank, per_process = int(os.environ.get("RANK", 0)), GLOBAL_BATCH // world_size
+    losses = []
+    for step in range(2 * NUM_ROWS // GLOBAL_BATCH):  # two epochs, as with Trainer
+        start = (step * GLOBAL_BATCH) % NUM_ROWS + rank * per_process
+        loss = model(**dataset[start:start + per_process]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    # `full_tensor` gathers a sharded parameter (a collective: every process calls it).
+    state = {name: (value.full_tensor() if hasattr(value, "full_tensor") else value).detach().contiguous()
+             for name, value in model.state_dict().items()}
+    tag = f"rank{rank}" if world_size > 1 else "single"
+    save_file(state, str(output_dir / f"fsdp.{tag}.safetensors"))
+    (output_dir / f"fsdp.{tag}.json").write_text(json.dumps({"losses": losses, "world_size": world_size}))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--variants", nargs="*", default=list(variants()))
+    parser.add_argument("--fsdp", action="store_true", help="also train the vanilla model under FSDP2 (one unit)")
     args = parser.parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     for variant in args.variants:
         train(variant, args.output_dir, world_size)
+    if args.fsdp:
+        train_fsdp_root_unit(args.output_dir, world_size)
 
 
 if __name__ == "__main__":
