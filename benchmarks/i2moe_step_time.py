@@ -249,6 +249,16 @@ def measure_in_subprocess(args: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def deviation_note(row: dict) -> str:
+    """Say where a row departs from the protocol (batch 64, >= 50 timed steps), as on a slow CPU."""
+    departures = []
+    if row["batch_size"] != BATCH_SIZE:
+        departures.append(f"batch {row['batch_size']} instead of {BATCH_SIZE}")
+    if row["steps"] < 50:
+        departures.append(f"median of {row['steps']} timed steps instead of >= 50")
+    return "; ".join(departures)
+
+
 def print_ratios(rows: list[dict]) -> None:
     by_key = {(row["setting"], row["precision"], row["method"]): row for row in rows}
     for (setting, precision, method), row in by_key.items():
@@ -317,7 +327,7 @@ def main(argv=None) -> None:
                 else:
                     row = measure(setting, precision, method, args.device, steps, warmup, args.compile, batch)
                 row.update(torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.processor()
-                           or platform.machine())
+                           or platform.machine(), note=deviation_note(row))
                 print(json.dumps(row), flush=True)
                 rows = [r for r in rows if (r["setting"], r["precision"], r["method"]) != (setting, precision, method)]
                 rows.append(row)
