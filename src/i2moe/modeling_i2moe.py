@@ -9,6 +9,9 @@ The path of one batch, in `I2MoEForClassification.forward`:
    Result: tokens `(B, T, d)`, T = sum of the modalities' token counts, in config order.
 2. `self.interaction(tokens)`: the interaction part chosen by `config.method` (`"vanilla"`: one
    fusion backbone) returns logits and any auxiliary loss and interpretation outputs.
+   With `config.i2m2_heads` (`_predict`), one unimodal head per modality (on the same tokens, or
+   on its own towers' tokens) joins the interaction part in a product of experts
+   (`combine_i2m2`); a missing modality's head drops out of its row's product.
 3. The task loss for `config.problem_type`, plus the interaction part's auxiliary loss.
 
 This file travels with saved models as Hub remote code: it imports only its sibling files.
@@ -66,7 +69,8 @@ class I2MoEOutput(ModelOutput):
             `L_int` (before `lambda_int`); DMIL: the sum of its auxiliary terms.
         loss_terms (`dict[str, torch.FloatTensor]`): every loss term by name (for logging).
         unimodal_logits (`torch.FloatTensor` of shape `(batch_size, num_modalities, num_labels)`):
-            I2M2: each modality's unimodal head.
+            I2M2: each modality's unimodal head (zeros where the modality is missing: that head
+            is not part of the row's product).
         component_logits (`torch.FloatTensor` of shape `(batch_size, num_components, num_labels)`):
             DMIL: the head of each component (uniqueness per modality, redundancy, synergy).
         gate_weights (`torch.FloatTensor` of shape `(batch_size, num_components)`): DMIL: the gate.
