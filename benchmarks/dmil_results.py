@@ -296,7 +296,7 @@ def main(argv=None) -> None:
             splits, spec = (avmnist_splits if dataset == "avmnist" else fashion_splits)(args)
             # DMIL gets the joint model's epochs in total: half in stage 1, a quarter each in stages 2 and 3.
             epochs = spec["epochs"]
-            stage_epochs = (epochs // 2, epochs // 4, epochs - epochs // 2 - epochs // 4)
+            stage_epochs = (max(1, epochs // 2), max(1, epochs // 4), max(1, epochs - epochs // 2 - epochs // 4))
             print(f"{dataset}: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} rows; "
                   f"{epochs} epochs, DMIL stages {stage_epochs}", flush=True)
             records += run_dataset(dataset, splits, spec, args.seeds, stage_epochs, workdir)

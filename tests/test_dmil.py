@@ -120,6 +120,18 @@ def test_eval_is_deterministic_and_training_samples():
     assert not torch.equal(model(**inputs).logits, model(**inputs).logits)
 
 
+def test_bf16_autocast_and_bf16_weights():
+    config = dmil_config(dmil_stage=3)
+    inputs, labels = make_inputs(config, batch_size=4), torch.tensor([0, 1, 2, 0])
+    model = I2MoEForClassification(config)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**inputs, labels=labels)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and model.interaction.gate.fc1.weight.grad is not None
+    out = I2MoEForClassification(config).to(torch.bfloat16)(**inputs, labels=labels)
+    assert torch.isfinite(out.loss) and out.gate_weights.shape == (4, 4)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="dmil_stage"):
         dmil_config(dmil_stage=4)
