@@ -105,26 +105,39 @@ def avmnist_splits(args) -> tuple[dict, dict]:
                     "learning_rate": 1e-3, "batch_size": 64, "inputs": {"image": "pixel_values", "audio": "pixel_values"}}
 
 
-def fashion_splits(args) -> tuple[dict, dict]:
-    from i2moe.datasets_fashion import load_fashion_products
+# Metadata columns for the tabular alternative to the image (not subCategory / masterCategory: they
+# nearly determine the article type).
+FASHION_TABULAR_COLUMNS = ("gender", "baseColour", "season", "usage", "year")
 
-    raw = load_fashion_products(args.data_dir, target="articleType", seed=0)
+
+def fashion_splits(args) -> tuple[dict, dict]:
+    from i2moe.datasets_fashion import fashion_tabular_feature_names, load_fashion_products
+
+    tabular = args.fashion_second == "tabular"
+    raw = load_fashion_products(args.data_dir, target="articleType", seed=0,
+                                tabular_columns=FASHION_TABULAR_COLUMNS if tabular else ())
+    second = "tabular" if tabular else "image"
     embedded = {}
     for name, split in raw.items():
         text = _cached(f"fashion_text_{name}_{len(split)}", lambda: _text_embeddings(list(split["text"])))
-        image = _cached(f"fashion_image_{name}_{len(split)}", lambda: _image_embeddings(split, args.image_tower))
-        embedded[name] = TensorDictDataset({"image_features": torch.from_numpy(image), "text_features": torch.from_numpy(text),
+        if tabular:
+            features = np.asarray(split["tabular"], dtype=np.float32)
+            year = fashion_tabular_feature_names(split).index("year")
+            features[:, year] = (features[:, year] - 2012.0) / 10.0  # decades from 2012: the one-hot columns' scale
+        else:
+            features = _cached(f"fashion_image_{name}_{len(split)}", lambda: _image_embeddings(split, args.image_tower))
+        embedded[name] = TensorDictDataset({f"{second}_features": torch.from_numpy(features),
+                                            "text_features": torch.from_numpy(text),
                                             "labels": torch.as_tensor(np.asarray(split["labels"]), dtype=torch.long)})
     modalities = {
-        "image": {"tower": I2MoEFeaturesConfig(input_size=embedded["train"].columns["image_features"].shape[1],
-                                               hidden_size=128, num_hidden_layers=1, hidden_dropout_prob=0.1)},
-        "text": {"tower": I2MoEFeaturesConfig(input_size=embedded["train"].columns["text_features"].shape[1],
-                                              hidden_size=128, num_hidden_layers=1, hidden_dropout_prob=0.1)},
+        name: {"tower": I2MoEFeaturesConfig(input_size=embedded["train"].columns[f"{name}_features"].shape[1],
+                                            hidden_size=128, num_hidden_layers=1, hidden_dropout_prob=0.1)}
+        for name in (second, "text")
     }
     num_labels = raw["train"].features["labels"].num_classes
     return embedded, {"modalities": modalities, "num_labels": num_labels, "hidden_size": 64,
-                                   "epochs": args.fashion_epochs, "learning_rate": 1e-3, "batch_size": 64,
-                                   "inputs": {"image": "features", "text": "features"}}
+                      "epochs": args.fashion_epochs, "learning_rate": 1e-3, "batch_size": 64,
+                      "inputs": {second: "features", "text": "features"}}
 
 
 def _cached(name: str, compute) -> np.ndarray:
@@ -330,6 +343,9 @@ def main(argv=None) -> None:
                         help="average-pool the 112x112 AV-MNIST spectrogram by this factor (4: 28x28, 3 LeNet blocks "
                              "after the first; 1: the reference 112x112 and 5 blocks)")
     parser.add_argument("--fashion_epochs", type=int, default=8)
+    parser.add_argument("--fashion_second", default="image", choices=["image", "tabular"],
+                        help="fashion's second modality besides the product name: EfficientNet-Lite0 photo features, "
+                             f"or the metadata columns {FASHION_TABULAR_COLUMNS}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 epochs per model, small AV-MNIST")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "dmil.json"))
@@ -351,7 +367,7 @@ def main(argv=None) -> None:
                   f"{epochs} epochs, DMIL stages {stage_epochs}", flush=True)
             settings[dataset] = {
                 "rows": {k: len(v) for k, v in splits.items()},
-                **({"audio_pool": args.audio_pool} if dataset == "avmnist" else {}),
+                **({"audio_pool": args.audio_pool} if dataset == "avmnist" else {"modalities": list(spec["modalities"])}),
                 "epochs": epochs, "dmil_stage_epochs": stage_epochs, "optimizer": "adamw_torch",
                 "learning_rate": spec["learning_rate"],
                 "dmil_stage_learning_rates": [spec["learning_rate"]] * 2 + [spec["learning_rate"] / 10],
