@@ -329,6 +329,25 @@ def write_results(records: list[dict], settings: dict, args, argv) -> None:
     }, indent=2) + "\n")
 
 
+def merge_results(files: list[str], output: Path) -> None:
+    records, settings, commands = [], {}, []
+    for file in files:
+        result = json.loads(Path(file).read_text())
+        records += result["per_seed"]
+        commands += result.get("commands", [])
+        for dataset, values in result["settings"].items():
+            settings.setdefault(dataset, values)
+            settings[dataset]["seconds_per_process"] = settings[dataset].get("seconds_per_process", []) + [values["seconds"]]
+    environment = json.loads(Path(files[0]).read_text())["environment"]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"rows": summarise(records), "per_seed": records, "settings": settings,
+                                  "environment": environment, "commands": sorted(set(commands))}, indent=2) + "\n")
+    for row in summarise(records):
+        print(f"{row['dataset']:8s} {row['model']:18s} {100 * row['accuracy_mean']:6.2f} ± {100 * row['accuracy_std']:.2f}"
+              f"  synergy {100 * row['synergy_mean']:.2f}  ({row['num_seeds']} seeds)")
+    print(f"wrote {output}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["avmnist", "fashion"], choices=["avmnist", "fashion"])
@@ -349,7 +368,13 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 epochs per model, small AV-MNIST")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "dmil.json"))
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="instead of training, combine the per-seed figures of these result files (e.g. seeds run "
+                             "as parallel processes) into --output")
     args = parser.parse_args(argv)
+    if args.merge:
+        merge_results(args.merge, Path(args.output))
+        return
     if args.quick:
         args.avmnist_train, args.avmnist_eval, args.avmnist_epochs, args.fashion_epochs = 500, 200, 3, 3
     torch.set_num_threads(args.threads)
