@@ -102,7 +102,8 @@ def avmnist_splits(args) -> tuple[dict, dict]:
     }
     splits = memory
     return splits, {"modalities": modalities, "num_labels": 10, "hidden_size": 64, "epochs": args.avmnist_epochs,
-                    "learning_rate": 1e-3, "batch_size": 64, "inputs": {"image": "pixel_values", "audio": "pixel_values"}}
+                    "learning_rate": 1e-3, "batch_size": args.avmnist_batch_size,
+                    "inputs": {"image": "pixel_values", "audio": "pixel_values"}}
 
 
 # Metadata columns for the tabular alternative to the image (not subCategory / masterCategory: they
@@ -355,9 +356,12 @@ def main(argv=None) -> None:
     parser.add_argument("--data_dir", default=None, help="data root (default: $I2MOE_DATA_DIR, else ../shared/data)")
     parser.add_argument("--image_tower", default=None,
                         help="converted EfficientNet-Lite0 folder (default: i2moe.convert_efficientnet_lite's)")
-    parser.add_argument("--avmnist_train", type=int, default=1500, help="training rows of AV-MNIST used")
+    parser.add_argument("--avmnist_train", type=int, default=1000, help="training rows of AV-MNIST used")
     parser.add_argument("--avmnist_eval", type=int, default=500, help="validation and test rows of AV-MNIST used")
-    parser.add_argument("--avmnist_epochs", type=int, default=4)
+    parser.add_argument("--avmnist_epochs", type=int, default=6)
+    # Small batches: with few rows, 64-row batches left too few steps for the BatchNorm running statistics
+    # to follow the LeNets' fast-moving weights (eval-mode accuracy at chance while train-mode was 50%).
+    parser.add_argument("--avmnist_batch_size", type=int, default=32)
     parser.add_argument("--audio_pool", type=int, default=4, choices=[1, 2, 4],
                         help="average-pool the 112x112 AV-MNIST spectrogram by this factor (4: 28x28, 3 LeNet blocks "
                              "after the first; 1: the reference 112x112 and 5 blocks)")
