@@ -369,6 +369,8 @@ def main(argv=None) -> None:
     parser.add_argument("--fashion_second", default="image", choices=["image", "tabular"],
                         help="fashion's second modality besides the product name: EfficientNet-Lite0 photo features, "
                              f"or the metadata columns {FASHION_TABULAR_COLUMNS}")
+    parser.add_argument("--dmil_stage_epochs", nargs=3, type=int, default=None, metavar=("S1", "S2", "S3"),
+                        help="DMIL's epochs per stage (default: half, a quarter, the rest of the joint model's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 epochs per model, small AV-MNIST")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "dmil.json"))
@@ -391,7 +393,8 @@ def main(argv=None) -> None:
             splits, spec = (avmnist_splits if dataset == "avmnist" else fashion_splits)(args)
             # DMIL gets about the joint model's epochs in total: half in stage 1, a quarter each in stages 2 and 3.
             epochs = spec["epochs"]
-            stage_epochs = (max(1, epochs // 2), max(1, epochs // 4), max(1, epochs - epochs // 2 - epochs // 4))
+            stage_epochs = tuple(args.dmil_stage_epochs or (
+                max(1, epochs // 2), max(1, epochs // 4), max(1, epochs - epochs // 2 - epochs // 4)))
             print(f"{dataset}: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} rows; "
                   f"{epochs} epochs, DMIL stages {stage_epochs}", flush=True)
             settings[dataset] = {
