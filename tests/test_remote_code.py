@@ -14,14 +14,24 @@ from i2moe import I2MoEConfig, I2MoEForClassification, I2MoELeNetConfig
 from conftest import make_inputs, tiny_bert_config
 
 
-def load_in_fresh_process_without_package(model_dir: Path, inputs: dict, tmp_path: Path) -> dict:
-    save_file({k: v.contiguous() for k, v in inputs.items()}, tmp_path / "inputs.safetensors")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+def load_in_fresh_process_without_package(
+    models: list[str | Path], tmp_path: Path, *, inputs: dict | None = None, samples: list[dict] | None = None,
+    env: dict | None = None,
+) -> list[dict]:
+    """Load each model (a folder or a Hub repo id) with `trust_remote_code=True` in a fresh interpreter where
+    i2moe cannot be imported, and return per model its class and the logits for `inputs` (model inputs) or
+    for `samples` (raw samples, run through the processor loaded with `AutoProcessor`)."""
+    if inputs is not None:
+        save_file({k: v.contiguous() for k, v in inputs.items()}, tmp_path / "inputs.safetensors")
+        given = ["--inputs", str(tmp_path / "inputs.safetensors")]
+    else:
+        (tmp_path / "samples.json").write_text(json.dumps(samples))
+        given = ["--samples", str(tmp_path / "samples.json")]
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environment.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", **(env or {}))
     result = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("remote_code_check.py")), str(model_dir),
-         str(tmp_path / "inputs.safetensors")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        [sys.executable, str(Path(__file__).with_name("remote_code_check.py")), *given, *map(str, models)],
+        capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -47,7 +57,7 @@ def test_saved_model_loads_as_remote_code_without_the_package(tmp_path):
     assert config_json["auto_map"] == {
         "AutoConfig": "configuration_i2moe.I2MoEConfig", "AutoModel": "modeling_i2moe.I2MoEForClassification",
     }
-    result = load_in_fresh_process_without_package(tmp_path / "model", inputs, tmp_path)
+    [result] = load_in_fresh_process_without_package([tmp_path / "model"], tmp_path, inputs=inputs)
     assert result["class"].startswith("transformers_modules.")
     with torch.no_grad():
         expected = model(**inputs).logits

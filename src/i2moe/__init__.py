@@ -1,11 +1,17 @@
 """i2moe: interaction-aware multimodal classifiers (I2MoE, I2M2, DMIL) for the Hugging Face stack."""
 
-from transformers import AutoConfig, AutoModel, AutoProcessor
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoProcessor
 
 from .configuration_i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoELeNetConfig, ModalityConfig
+from . import hub
 from .fusion_i2moe import FUSION_BACKBONES, TokenLayout, build_fusion, register_fusion
 from .modeling_i2moe import I2MoEForClassification, I2MoEOutput, I2MoEPreTrainedModel
 from .processing_i2moe import I2MoEFeatureNormalizer, I2MoEProcessor
+from .towers_efficientnet_lite import (
+    I2MoEEfficientNetLiteConfig,
+    I2MoEEfficientNetLiteForImageClassification,
+    I2MoEEfficientNetLiteModel,
+)
 from .towers_i2moe import I2MoEFeaturesModel, I2MoELeNetModel
 
 
@@ -15,6 +21,7 @@ for _config_class, _model_class in (
     (I2MoEConfig, I2MoEForClassification),
     (I2MoEFeaturesConfig, I2MoEFeaturesModel),
     (I2MoELeNetConfig, I2MoELeNetModel),
+    (I2MoEEfficientNetLiteConfig, I2MoEEfficientNetLiteModel),
 ):
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     AutoModel.register(_config_class, _model_class, exist_ok=True)
@@ -23,12 +30,21 @@ for _config_class, _model_class in (
     _config_class.register_for_auto_class()
     _model_class.register_for_auto_class("AutoModel")
 
+AutoModelForImageClassification.register(
+    I2MoEEfficientNetLiteConfig, I2MoEEfficientNetLiteForImageClassification, exist_ok=True
+)
+I2MoEEfficientNetLiteForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 AutoProcessor.register(I2MoEConfig, I2MoEProcessor, exist_ok=True)
+# `model.push_to_hub(repo, processor=...)` publishes model, processor and model card together.
+I2MoEForClassification.hub_publisher = staticmethod(hub.push_to_hub)
 I2MoEProcessor.register_for_auto_class()
 
 __all__ = [
     "FUSION_BACKBONES",
     "I2MoEConfig",
+    "I2MoEEfficientNetLiteConfig",
+    "I2MoEEfficientNetLiteForImageClassification",
+    "I2MoEEfficientNetLiteModel",
     "I2MoEFeatureNormalizer",
     "I2MoEFeaturesConfig",
     "I2MoEFeaturesModel",

@@ -13,11 +13,13 @@ from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 
+from .experts_i2moe import PERTURBATIONS
 from .fusion_i2moe import FUSION_BACKBONES
+from .towers_efficientnet_lite import I2MoEEfficientNetLiteConfig
 
 
 POOLINGS = ("cls", "mean", "pooler")
-METHODS = ("vanilla", "dmil")
+METHODS = ("vanilla", "i2moe", "dmil")
 I2M2_MODES = ("product", "intra", "inter")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
@@ -97,7 +99,9 @@ class I2MoELeNetConfig(PreTrainedConfig):
 
 # Tower configs this file defines itself: they must resolve even where the package is not installed
 # (remote code), so they are looked up here before `AutoConfig`.
-BUILTIN_TOWER_CONFIGS = {cls.model_type: cls for cls in (I2MoEFeaturesConfig, I2MoELeNetConfig)}
+BUILTIN_TOWER_CONFIGS = {
+    cls.model_type: cls for cls in (I2MoEFeaturesConfig, I2MoELeNetConfig, I2MoEEfficientNetLiteConfig)
+}
 
 
 def tower_config_from_dict(config_dict: dict) -> PreTrainedConfig:
@@ -193,7 +197,8 @@ class I2MoEConfig(PreTrainedConfig):
         modalities (`list[ModalityConfig | dict]`): the modalities, in order. The order fixes the
             columns of `modality_mask` and the order of the interaction experts.
         hidden_size (`int`): the common projection width d of all modality tokens.
-        method (`str`): the interaction part; `"vanilla"` is one fusion backbone.
+        method (`str`): the interaction part; `"vanilla"` is one fusion backbone, `"i2moe"` the
+            I2MoE interaction experts (see `docs/i2moe.md`).
         fusion (`str`): the fusion backbone, a key of `FUSION_BACKBONES`
             (`"concat"`, `"transformer"`, `"lrtf"`).
         fusion_num_layers (`int`): transformer fusion: number of joint self-attention blocks.
@@ -203,6 +208,14 @@ class I2MoEConfig(PreTrainedConfig):
         lrtf_rank (`int`), lrtf_output_size (`int`): low-rank tensor fusion rank and output width.
         dropout (`float`): dropout in projections and fusion.
         initializer_range (`float`): std of the normal init of the new (non-tower) weights.
+        i2moe_lambda_int (`float`): I2MoE: weight of the interaction loss, `loss = task + lambda_int * L_int`.
+        i2moe_perturbation (`str`): I2MoE: what replaces a perturbed modality's tokens: `"noise"`
+            (fresh N(0, I), the paper's choice), `"zero"`, `"mean"` (batch mean) or `"null"` (the
+            learned null tokens used for missing modalities).
+        i2moe_margin (`float`): I2MoE: margin of the uniqueness triplet loss.
+        i2moe_temperature (`float`): I2MoE: softmax temperature of the reweighting model.
+        i2moe_reweight_hidden_size (`int`), i2moe_reweight_num_layers (`int`),
+        i2moe_reweight_dropout (`float`): I2MoE: the reweighting MLP (number of linear layers).
         num_labels, id2label, label2id, problem_type: as in every transformers classifier;
             `problem_type` is `"single_label_classification"`, `"multi_label_classification"`
             or `"regression"` (inferred from `num_labels` and the labels when left unset).
@@ -243,6 +256,13 @@ class I2MoEConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     # --- I2MoE interaction experts (method="i2moe") ---
+    i2moe_lambda_int: float = 0.1
+    i2moe_perturbation: str = "noise"
+    i2moe_margin: float = 1.0
+    i2moe_temperature: float = 1.0
+    i2moe_reweight_hidden_size: int = 128
+    i2moe_reweight_num_layers: int = 2
+    i2moe_reweight_dropout: float = 0.1
 
     # --- I2M2 unimodal heads ---
     # One unimodal classifier per modality combined with the interaction part as a product of
@@ -281,7 +301,13 @@ class I2MoEConfig(PreTrainedConfig):
     # paper validated only the intra-modality level beyond two); True for M > 2 is an extension.
     dmil_full_decomposition: bool | None = None
 
+    # --- Saved format (reliability) ---
+    # The layout of saved configs and weights this code reads; bumped on incompatible changes, so a
+    # config.json from a newer layout fails with an error instead of loading into the wrong weights.
+    i2moe_format_version: int = 1
+
     def __post_init__(self, **kwargs):
+        _check_format_version(self.i2moe_format_version)
         self.modalities = _parse_modalities(self.modalities)
         for field in ("hidden_size", "fusion_num_layers", "fusion_num_heads", "fusion_hidden_size",
                       "lrtf_rank", "lrtf_output_size"):
@@ -305,6 +331,8 @@ class I2MoEConfig(PreTrainedConfig):
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"I2MoEConfig: `problem_type` must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
         # --- I2MoE validation ---
+        if self.method == "i2moe":
+            _validate_i2moe(self)
 
         # --- I2M2 validation ---
         self._validate_i2m2()
@@ -420,6 +448,45 @@ def _parse_modalities(modalities) -> list[ModalityConfig]:
     if duplicates:
         raise ValueError(f"I2MoEConfig: two modalities share the name(s) {duplicates}; names must be unique")
     return parsed
+
+
+def _validate_i2moe(config: "I2MoEConfig") -> None:
+    if config.num_modalities < 2:
+        raise ValueError(
+            f"I2MoEConfig: method='i2moe' needs at least 2 modalities (uniqueness and synergy are defined "
+            f"between modalities), got {config.num_modalities}"
+        )
+    if config.i2moe_perturbation not in PERTURBATIONS:
+        raise ValueError(
+            f"I2MoEConfig: `i2moe_perturbation` must be one of {PERTURBATIONS}, got {config.i2moe_perturbation!r}"
+        )
+    for field in ("i2moe_lambda_int", "i2moe_margin"):
+        value = getattr(config, field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"I2MoEConfig: `{field}` must be a number >= 0, got {value!r}")
+    if isinstance(config.i2moe_temperature, bool) or not isinstance(config.i2moe_temperature, (int, float)) \
+            or config.i2moe_temperature <= 0:
+        raise ValueError(f"I2MoEConfig: `i2moe_temperature` must be a number > 0, got {config.i2moe_temperature!r}")
+    for field in ("i2moe_reweight_hidden_size", "i2moe_reweight_num_layers"):
+        _require_positive_int(field, getattr(config, field), "I2MoEConfig")
+    if not 0.0 <= config.i2moe_reweight_dropout < 1.0:
+        raise ValueError(
+            f"I2MoEConfig: `i2moe_reweight_dropout` must be in [0, 1), got {config.i2moe_reweight_dropout!r}"
+        )
+
+
+FORMAT_VERSION = 1
+
+
+def _check_format_version(version) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"I2MoEConfig: `i2moe_format_version` must be a positive int, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"I2MoEConfig: `i2moe_format_version` is {version!r}, but this code reads versions 1 to {FORMAT_VERSION}: "
+            "the config was written by an incompatible (newer) i2moe. Upgrade i2moe, or load the model with "
+            "trust_remote_code=True to use the code saved beside it"
+        )
 
 
 def _require_positive_int(field: str, value, owner: str) -> None:

@@ -23,12 +23,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from safetensors import SafetensorError
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_i2moe import I2MoEConfig, ModalityConfig, tower_hidden_size
 from .dmil_i2moe import DMILInteraction
+from .experts_i2moe import I2MoEInteraction
 from .fusion_i2moe import InteractionOutput, TokenLayout, VanillaFusion
 from .i2m2_i2moe import I2M2UnimodalHeads, assemble_i2m2, combine_i2m2
 from .towers_i2moe import BUILTIN_TOWERS
@@ -83,7 +85,9 @@ class I2MoEOutput(ModelOutput):
 
 # `config.method` -> interaction part. Constructor `(config, layout)`; forward
 # `(tokens (B, T, d), present (B, M) bool, null_tokens (T, d), labels)` -> `InteractionOutput`.
-INTERACTIONS: dict[str, type[nn.Module]] = {"vanilla": VanillaFusion, "dmil": DMILInteraction}
+INTERACTIONS: dict[str, type[nn.Module]] = {
+    "vanilla": VanillaFusion, "i2moe": I2MoEInteraction, "dmil": DMILInteraction,
+}
 
 
 class TokenResampler(nn.Module):
@@ -338,6 +342,52 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
     # set by training schedules that freeze part of the model, e.g. DMIL's stage 2.
     frozen_modules: tuple[str, ...] = ()
 
+    # Set by the i2moe package to `i2moe.hub.push_to_hub` (model + processor + model card in one commit).
+    # Remote code never imports the package, so a model loaded that way keeps transformers' `push_to_hub`.
+    hub_publisher = None
+
+    def push_to_hub(self, repo_id: str, *, processor=None, **kwargs):
+        r"""
+        Upload the model (safetensors + remote code) to the Hub. With the i2moe package installed this is
+        `i2moe.hub.push_to_hub(model, repo_id, processor=processor, **kwargs)`: the processor and a model
+        card with results and the interaction composition go in the same commit (see `docs/publishing.md`).
+        Without the package (a model loaded as remote code) it is transformers' `push_to_hub`.
+
+        Example:
+
+        ```python
+        >>> model.push_to_hub("my-org/my-model", processor=processor, dataset_name="my data",  # doctest: +SKIP
+        ...                   eval_results={"accuracy": 0.9})
+        ```
+        """
+        if self.hub_publisher is None:
+            if processor is not None:
+                raise ValueError("push_to_hub(processor=...) needs the i2moe package; push the processor itself instead")
+            return super().push_to_hub(repo_id, **kwargs)
+        return self.hub_publisher(self, repo_id, processor=processor, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> "I2MoEForClassification":
+        """`PreTrainedModel.from_pretrained`, with clear errors where transformers would only warn
+        and initialise new weights, or fail with a message that names neither file nor field: a
+        checkpoint whose modalities differ from the `config` passed in, and a weights file that
+        cannot be read (truncated or corrupt)."""
+        return_loading_info = kwargs.pop("output_loading_info", False)
+        config = kwargs.get("config")
+        if isinstance(config, PreTrainedConfig):
+            _check_saved_modalities(pretrained_model_name_or_path, config, kwargs)
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except SafetensorError as error:
+            raise OSError(
+                f"{pretrained_model_name_or_path}: the safetensors weights cannot be read ({error}); the file is "
+                "truncated or corrupt: download or save it again"
+            ) from error
+        _check_loaded_modalities(model.config, loading_info)
+        return (model, loading_info) if return_loading_info else model
+
     def train(self, mode: bool = True) -> "I2MoEForClassification":
         super().train(mode)
         for modality in self.config.modalities:
@@ -419,7 +469,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
             null = encoder.null_tokens[self.layout.token_slice(index)].expand(batch_size, -1, -1)
             rows = present[:, index]
             if name not in routed or not rows.any():
-                chunks.append(null)
+                chunks.append(_with_idle_modality_parameters(encoder, name, null, self.training))
             elif rows.all():
                 # `where` rather than a plain return keeps the null tokens in the graph, so every
                 # parameter gets a gradient each step (DDP requires that).
@@ -457,6 +507,12 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
                     f"labels: multi-label classification expects multi-hot labels of shape {tuple(logits.shape)}, "
                     f"got {tuple(labels.shape)}"
                 )
+            _check_finite_labels(labels)
+            if not torch.compiler.is_compiling() and ((labels < 0) | (labels > 1)).any():
+                raise ValueError(
+                    f"labels: multi-label targets must lie in [0, 1] (multi-hot), got values from "
+                    f"{labels.min().item()} to {labels.max().item()}"
+                )
             return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
         targets = labels.float().reshape(logits.shape) if labels.numel() == logits.numel() else None
         if targets is None:
@@ -464,10 +520,12 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
                 f"labels: regression with num_labels={num_labels} expects {num_labels} target(s) per row, got shape "
                 f"{tuple(labels.shape)}"
             )
+        _check_finite_labels(targets)
         return F.mse_loss(logits.float(), targets)
 
     def _encode(self, name: str, tower_inputs: dict[str, torch.Tensor], encoder: nn.Module) -> torch.Tensor:
         tower = encoder.towers[name]
+        _check_tower_inputs(name, tower_inputs, tower.config)
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())):
             try:
                 outputs = tower(**tower_inputs, return_dict=True)
@@ -489,7 +547,8 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         unimodal_towers = nn.ModuleDict()
         for modality in config.modalities:
             if modality.name in towers and modality.name not in overrides:
-                tower = copy.deepcopy(towers[modality.name])  # keeps its `_is_hf_initialized` flags
+                # The copy keeps the `_is_hf_initialized` flags, so `post_init` leaves it untouched.
+                tower = copy.deepcopy(towers[modality.name])
             else:
                 tower = _build_tower(config.i2m2_tower_config(modality.name))
             _set_trainable(tower, modality)
@@ -516,6 +575,8 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
                 continue
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{key}: expected a torch.Tensor, got {type(value).__name__}")
+            if value.dim() == 0:
+                raise ValueError(f"{key}: expected a batch (a leading batch dimension), got a 0-dimensional tensor")
             name, argument = self._input_routes[key]
             routed.setdefault(name, {})[argument] = value
         return routed
@@ -544,6 +605,64 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
                     f"{_COLUMN_FILTER_HINT}"
                 )
         return present
+
+
+# `from_pretrained` arguments that locate files, for reading the checkpoint's own config.json.
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
+def _check_saved_modalities(path, config: PreTrainedConfig, kwargs: dict) -> None:
+    """A `config` passed to `from_pretrained` must name the checkpoint's modalities, in its order:
+    otherwise towers would be loaded into the wrong modality or silently re-initialised."""
+    try:
+        saved, _ = I2MoEConfig.get_config_dict(path, **{key: kwargs[key] for key in _HUB_KWARGS if key in kwargs})
+    except OSError:  # no config.json beside the weights: the key check after loading still applies
+        return
+    saved_names = [modality.get("name") for modality in saved.get("modalities") or []]
+    if saved_names and saved_names != list(config.modality_names):
+        raise ValueError(
+            f"{path}: the checkpoint holds modalities {saved_names}, but the `config` passed to from_pretrained has "
+            f"{list(config.modality_names)}; load it with its own config (drop `config=`) or one with the same "
+            "modalities in the same order"
+        )
+
+
+def _check_loaded_modalities(config: I2MoEConfig, loading_info: dict) -> None:
+    """Tower or projection weights missing from the checkpoint, or left over in it, mean the
+    checkpoint and the config disagree about the modalities."""
+    def modalities_of(keys) -> list[str]:
+        return sorted({key.split(".")[1] for key in keys if key.startswith(("towers.", "projections."))})
+
+    missing, unexpected = modalities_of(loading_info["missing_keys"]), modalities_of(loading_info["unexpected_keys"])
+    if missing or unexpected:
+        raise ValueError(
+            f"the checkpoint's weights do not match the config's modalities {list(config.modality_names)}: "
+            f"no weights for {missing}, unused weights of {unexpected}; load it with the config it was saved with"
+        )
+
+
+def _with_idle_modality_parameters(encoder: nn.Module, name: str, null: torch.Tensor, training: bool) -> torch.Tensor:
+    """`null` (the tokens of modality `name`, missing from the whole batch), tied to the
+    modality's trainable tower and projection parameters in `encoder` by a zero-weighted term.
+
+    DDP (without `find_unused_parameters=True`) needs a gradient for every trainable parameter
+    in every step of every process; a tower skipped because its modality is missing from this
+    process's batch would get none, and the step after fails. The zero-weighted term gives
+    those parameters an exact zero gradient (summed with the other processes' real ones) while
+    reading one element per parameter, instead of running the tower on placeholder data.
+    """
+    if not (training and torch.is_grad_enabled()):
+        return null
+    idle = [
+        parameter
+        for module in (encoder.towers[name], encoder.projections[name])
+        for parameter in module.parameters()
+        if parameter.requires_grad
+    ]
+    if not idle:
+        return null
+    anchor = torch.cat([parameter.reshape(-1)[:1] for parameter in idle]).sum() * 0.0
+    return null + anchor.to(null.dtype)
 
 
 def _build_tower(config) -> PreTrainedModel:
@@ -583,7 +702,58 @@ def _batch_size(routed: dict[str, dict[str, torch.Tensor]], modality_mask) -> in
         raise ValueError(f"the model received no modality inputs. {_COLUMN_FILTER_HINT}")
     if len(set(sizes.values())) > 1:
         raise ValueError(f"inputs disagree on the batch size: {sizes}")
-    return next(iter(sizes.values()))
+    batch_size = next(iter(sizes.values()))
+    if batch_size == 0:  # every loss of an empty batch is NaN
+        raise ValueError(f"the batch is empty: inputs {sorted(sizes)} have 0 rows")
+    return batch_size
+
+
+# Tower inputs by what they must hold; `_check_tower_inputs` checks them before the tower runs.
+_FLOAT_INPUTS = ("pixel_values", "input_values", "input_features", "features")
+_TOKEN_ALIGNED_INPUTS = ("attention_mask", "token_type_ids")
+
+
+def _check_tower_inputs(name: str, inputs: dict[str, torch.Tensor], tower_config) -> None:
+    """Reject the inputs a tower would turn into a NaN loss silently (NaN or inf features) or fail on
+    deep inside with an error that names neither the input nor the limit (integer pixels, token ids
+    beyond the vocabulary or the position table, masks not aligned with the ids). Only the rows that
+    reach the tower are checked: placeholder rows of missing samples may hold anything."""
+    if torch.compiler.is_compiling():  # data-dependent checks would break the graph
+        return
+    for argument, value in inputs.items():
+        key = f"{name}_{argument}"
+        if argument in _FLOAT_INPUTS:
+            if not value.is_floating_point():
+                raise TypeError(f"{key}: expected a floating-point tensor, got dtype {value.dtype} (convert and "
+                                "normalise it first, e.g. with the processor)")
+            if not torch.isfinite(value).all():
+                raise ValueError(f"{key}: contains NaN or inf values; clean or impute them before the model")
+    input_ids = inputs.get("input_ids")
+    if input_ids is None:
+        return
+    key = f"{name}_input_ids"
+    if input_ids.is_floating_point() or input_ids.dtype == torch.bool or input_ids.dim() != 2:
+        raise TypeError(f"{key}: expected integer token ids of shape (batch, sequence), got dtype {input_ids.dtype} "
+                        f"and shape {tuple(input_ids.shape)}")
+    vocab_size = getattr(tower_config, "vocab_size", None)
+    if vocab_size and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+        raise ValueError(f"{key}: token ids must lie in [0, {vocab_size - 1}] (the tower's vocab_size is {vocab_size}), "
+                         f"got values from {input_ids.min().item()} to {input_ids.max().item()}; was the text "
+                         "tokenized with this tower's tokenizer?")
+    max_length = getattr(tower_config, "max_position_embeddings", None)
+    if max_length and input_ids.shape[1] > max_length:
+        raise ValueError(f"{key}: {input_ids.shape[1]} tokens, but the tower takes at most {max_length} "
+                         "(max_position_embeddings); truncate the text, e.g. with the processor's `text_max_length`")
+    for argument in _TOKEN_ALIGNED_INPUTS:
+        if argument in inputs and inputs[argument].shape != input_ids.shape:
+            raise ValueError(f"{name}_{argument}: expected the shape of {key} {tuple(input_ids.shape)}, got "
+                             f"{tuple(inputs[argument].shape)}")
+
+
+def _check_finite_labels(labels: torch.Tensor) -> None:
+    if not torch.compiler.is_compiling() and labels.is_floating_point() and not torch.isfinite(labels).all():
+        rows = (~torch.isfinite(labels.reshape(labels.shape[0], -1))).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"labels: rows {rows} hold NaN or inf targets; drop or fix them (the loss would be NaN)")
 
 
 def _infer_problem_type(num_labels: int, labels: torch.Tensor) -> str:

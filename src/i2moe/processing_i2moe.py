@@ -29,6 +29,7 @@ import torch
 from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer, BatchFeature
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.feature_extraction_utils import FeatureExtractionMixin
+from transformers.models.auto.tokenization_auto import get_tokenizer_config, tokenizer_class_from_name
 from transformers.image_processing_base import ImageProcessingMixin
 from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -219,13 +220,13 @@ class I2MoEProcessor(ProcessorMixin):
             values = [columns[name][row] for row in rows.tolist()]
             try:
                 encoded = self._encode(name, values, rows.tolist())
-            except (ValueError, TypeError) as error:
-                raise type(error)(f"modality {name!r}: {error}") from error
+            except (ValueError, TypeError) as error:  # say which modality; keep the kind of error
+                raise (TypeError if isinstance(error, TypeError) else ValueError)(f"modality {name!r}: {error}") from error
             for key, tensor in encoded.items():
                 output[f"{name}_{key}"] = _scatter_rows(tensor, rows, batch_size, self._fill_value(name, key))
         output["modality_mask"] = present
         if labels is not None:
-            output["labels"] = torch.as_tensor(np.asarray(labels))
+            output["labels"] = _labels_tensor(labels)
         return BatchFeature(output)
 
     def _columns(self, samples, labels, modalities: dict) -> tuple[dict[str, list], Any]:
@@ -254,12 +255,15 @@ class I2MoEProcessor(ProcessorMixin):
             raise ValueError(f"I2MoEProcessor: no inputs; pass samples or lists for some of {self.modality_names}")
         self._check_names(list(modalities), "keyword arguments")
         lengths = {}
+        modalities = dict(modalities)
         for name, values in modalities.items():
-            if not isinstance(values, (list, tuple)):
+            # Any sized iterable works (a list, a `datasets` column, an array of rows), but not one sample.
+            if isinstance(values, (str, bytes, dict, PIL.Image.Image)) or not hasattr(values, "__len__") or not hasattr(values, "__iter__"):
                 raise TypeError(
                     f"I2MoEProcessor: `{name}` must be a list with one entry per sample (None where missing), "
                     f"got {type(values).__name__}"
                 )
+            modalities[name] = list(values)
             lengths[name] = len(values)
         if labels is not None:
             lengths["labels"] = len(labels)
@@ -284,6 +288,8 @@ class I2MoEProcessor(ProcessorMixin):
             for value, row in zip(values, rows):
                 if not isinstance(value, str):
                     raise TypeError(f"sample {row}: expected a str, got {type(value).__name__}")
+                if not value.strip():  # would become a present text of special tokens only
+                    raise ValueError(f"sample {row}: the text is empty; pass None to mark the text missing")
             max_length = self.text_max_length or processor.model_max_length
             # Tokenizers that know no limit report a sentinel (int(1e30)): then nothing is truncated.
             limited = max_length < _NO_LIMIT
@@ -348,16 +354,30 @@ class I2MoEProcessor(ProcessorMixin):
             if kind not in KINDS:
                 raise ValueError(f"{pretrained_model_name_or_path}: modality {name!r} has unknown kind {kind!r}; expected one of {KINDS}")
             location = {"subfolder": os.path.join(subfolder, name) if subfolder else name}
-            loader = {"text": AutoTokenizer, "image": AutoImageProcessor, "audio": AutoFeatureExtractor,
-                      "features": I2MoEFeatureNormalizer}[kind]
-            sub_kwargs = hub_kwargs if loader is not I2MoEFeatureNormalizer else {
-                key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
+            if kind == "text":
+                loader = _tokenizer_class(pretrained_model_name_or_path, location["subfolder"], hub_kwargs)
+            else:
+                loader = {"image": AutoImageProcessor, "audio": AutoFeatureExtractor, "features": I2MoEFeatureNormalizer}[kind]
+            auto = loader in (AutoTokenizer, AutoImageProcessor, AutoFeatureExtractor)
+            sub_kwargs = hub_kwargs if auto else {key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
             processors[name] = loader.from_pretrained(pretrained_model_name_or_path, **location, **sub_kwargs)
         return cls(processors, text_max_length=processor_dict.get("text_max_length"))
 
     def __repr__(self) -> str:
         lines = [f"- {name} ({self.kinds[name]}): {type(processor).__name__}" for name, processor in self.processors.items()]
         return f"{type(self).__name__}:\n" + "\n".join(lines)
+
+
+def _tokenizer_class(location, subfolder: str, hub_kwargs: dict):
+    """The class named in the saved `tokenizer_config.json` (`AutoTokenizer` for custom tokenizers).
+    `AutoTokenizer` would first look for a model `config.json` in the subfolder, which a processor's
+    subfolder never has: offline, from a cache filled by `snapshot_download`, that look-up fails."""
+    kwargs = {key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
+    tokenizer_config = get_tokenizer_config(location, subfolder=subfolder, **kwargs)
+    class_name = tokenizer_config.get("tokenizer_class")
+    if not class_name or "auto_map" in tokenizer_config:
+        return AutoTokenizer
+    return tokenizer_class_from_name(class_name) or AutoTokenizer
 
 
 def _kind_of(name: str, processor) -> str:
@@ -373,6 +393,16 @@ def _kind_of(name: str, processor) -> str:
         f"I2MoEProcessor: modality {name!r}: unsupported sub-processor {type(processor).__name__}; expected a tokenizer, "
         "an image processor, an audio feature extractor or an I2MoEFeatureNormalizer"
     )
+
+
+def _labels_tensor(labels) -> torch.Tensor:
+    array = np.asarray(labels.numpy() if isinstance(labels, torch.Tensor) else labels)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"I2MoEProcessor: `labels` must be numbers (class indices, multi-hot rows or regression targets), got "
+            f"dtype {array.dtype}; map label names to ids first (config.label2id)"
+        )
+    return torch.as_tensor(array)
 
 
 def _scatter_rows(tensor: torch.Tensor, rows: torch.Tensor, batch_size: int, fill_value: int) -> torch.Tensor:
@@ -400,11 +430,28 @@ def _load_image(value, row: int):
     if isinstance(value, PIL.Image.Image):
         return value if value.mode == "RGB" else value.convert("RGB")
     if isinstance(value, (np.ndarray, torch.Tensor)):
-        return value
+        return _check_image_array(value, row)
     raise TypeError(
         f"sample {row}: expected an image (PIL image, array, tensor, bytes, file path or {{'bytes', 'path'}} dict), "
         f"got {type(value).__name__}"
     )
+
+
+def _check_image_array(value, row: int):
+    """An image given as an array must look like one: otherwise the image processor fails with a
+    message that names no sample, or scales NaN into the pixels."""
+    array = value.numpy() if isinstance(value, torch.Tensor) else value
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"sample {row}: expected an image array of numbers, got dtype {array.dtype}")
+    channel_first, channel_last = (array.shape[0], array.shape[-1]) if array.ndim == 3 else (None, None)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and channel_first not in (1, 3, 4) and channel_last not in (1, 3, 4)):
+        raise ValueError(
+            f"sample {row}: expected an image array of shape (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4; "
+            f"got shape {tuple(array.shape)}"
+        )
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"sample {row}: the image array contains NaN or inf")
+    return value
 
 
 def _load_waveform(value, row: int, sampling_rate: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .configuration_i2moe import I2MoEFeaturesConfig, I2MoELeNetConfig
+from .towers_efficientnet_lite import I2MoEEfficientNetLiteModel
 
 
 class I2MoEFeaturesModel(PreTrainedModel):
@@ -121,6 +122,9 @@ def _check_float_input(name: str, tensor, allowed_dims: tuple[int, ...], last_di
 
 # Keyed by `model_type`, not config class: under remote code, the config and the modeling files can
 # be loaded as two copies of the same module, so class identity does not hold.
-BUILTIN_TOWERS = {model.config_class.model_type: model for model in (I2MoEFeaturesModel, I2MoELeNetModel)}
+BUILTIN_TOWERS = {
+    model.config_class.model_type: model
+    for model in (I2MoEFeaturesModel, I2MoELeNetModel, I2MoEEfficientNetLiteModel)
+}
 
 __all__ = ["I2MoEFeaturesModel", "I2MoELeNetModel"]

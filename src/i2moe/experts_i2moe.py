@@ -1,0 +1,241 @@
+"""I2MoE interaction experts: K = M + 2 fusion backbones trained by weak supervision, mixed per sample.
+
+Experts, in order: one *uniqueness* expert per modality, one *synergy* expert, one *redundancy*
+expert. Each is a full copy of the configured fusion backbone with its own head; all K run as one
+stacked backbone (`num_stacks=K`), so they cost a few batched kernels, not K passes.
+
+Training step (`self.training`):
+
+1. The V = M + 1 input variants, clean and "modality j perturbed" for every j, are built with one
+   `torch.where` over a fixed `(V, T)` token mask and stacked along the batch: `(1, V·B, T, d)`.
+   The leading 1 is shared by all K experts (broadcast, not copied).
+2. One stacked backbone call gives `(K, V, B, C)`: every expert on every variant.
+3. All K interaction losses come from a handful of tensor ops on that result
+   (`interaction_loss_terms`).
+
+Inference (`not self.training`) runs only the clean pass `(1, B, T, d)` through the K experts.
+
+This file travels with saved models as Hub remote code: it imports only torch and its siblings.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fusion_i2moe import InteractionOutput, ModalityMean, TokenLayout, build_fusion
+
+
+PERTURBATIONS = ("noise", "zero", "mean", "null")
+
+
+def expert_names(modality_names) -> list[str]:
+    """Names of the K = M + 2 experts, in order: `uniqueness_<modality>`..., `synergy`, `redundancy`."""
+    return [f"uniqueness_{name}" for name in modality_names] + ["synergy", "redundancy"]
+
+
+class ReweightingModel(nn.Module):
+    """MLP on the clean modality embeddings (mean-pooled per modality, concatenated) -> K expert
+    weights `softmax(MLP(z) / temperature)`. `num_layers` counts the linear layers."""
+
+    def __init__(self, in_features: int, num_experts: int, hidden_size: int, num_layers: int, dropout: float,
+                 temperature: float):
+        super().__init__()
+        widths = [in_features] + [hidden_size] * (num_layers - 1)
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(fan_in, fan_out), nn.ReLU(), nn.Dropout(dropout)]
+        self.hidden = nn.Sequential(*layers)
+        self.output = nn.Linear(widths[-1], num_experts)
+        self.temperature = temperature
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # `(h W^T + b) / temperature` as one kernel: addmm's alpha and beta scale both terms.
+        scale = 1.0 / self.temperature
+        logits = torch.addmm(self.output.bias, self.hidden(features), self.output.weight.T, beta=scale, alpha=scale)
+        # Softmax in float32: the weights are reported and must sum to 1 under bf16 autocast too.
+        return torch.softmax(logits.float(), dim=-1)
+
+
+class I2MoEInteraction(nn.Module):
+    r"""
+    The I2MoE interaction part (`config.method == "i2moe"`): K = M + 2 interaction experts over any
+    registered fusion backbone, a reweighting model, and the weak-supervision interaction loss.
+
+    Forward `(tokens (B, T, d), present (B, M) bool, null_tokens (T, d), labels)` returns an
+    `InteractionOutput` whose `logits` are `sum_k w_k · y_k`, whose `auxiliary_loss` is
+    `i2moe_lambda_int · L_int` (training mode only) and whose extra outputs are `expert_logits`
+    `(B, K, C)`, `expert_weights` `(B, K)` and, in training mode, `interaction_loss` and
+    `loss_terms` (one term per expert, named like `component_names`, plus `"interaction"`).
+
+    A modality already missing in a row (`present` False) is not a meaningful perturbation there
+    (it already holds its null tokens), so those (row, modality) pairs are masked out of every loss
+    term that uses them; for the uniqueness expert of that modality, the whole row drops out, since
+    its negative is undefined.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification
+    >>> config = I2MoEConfig(
+    ...     modalities=[{"name": "a", "tower": I2MoEFeaturesConfig(input_size=8)},
+    ...                 {"name": "b", "tower": I2MoEFeaturesConfig(input_size=4)}],
+    ...     hidden_size=32, fusion="transformer", method="i2moe", num_labels=3,
+    ... )
+    >>> model = I2MoEForClassification(config)
+    >>> out = model(a_features=torch.randn(2, 8), b_features=torch.randn(2, 4), labels=torch.tensor([0, 2]))
+    >>> out.expert_logits.shape, out.expert_weights.shape
+    (torch.Size([2, 4, 3]), torch.Size([2, 4]))
+    >>> model.interaction.component_names
+    ['uniqueness_a', 'uniqueness_b', 'synergy', 'redundancy']
+    ```
+    """
+
+    def __init__(self, config, layout: TokenLayout):
+        super().__init__()
+        num_modalities = layout.num_modalities
+        self.num_modalities = num_modalities
+        self.num_experts = num_experts = num_modalities + 2
+        self.component_names = expert_names(layout.names)
+        self.perturbation = config.i2moe_perturbation
+        self.margin = config.i2moe_margin
+        self.lambda_int = config.i2moe_lambda_int
+        self.regression = config.problem_type == "regression" or (
+            config.problem_type is None and config.num_labels == 1
+        )
+        self.experts = build_fusion(config, layout, num_stacks=num_experts)
+        self.modality_mean = ModalityMean(layout)
+        self.reweighting = ReweightingModel(
+            num_modalities * config.hidden_size, num_experts, config.i2moe_reweight_hidden_size,
+            config.i2moe_reweight_num_layers, config.i2moe_reweight_dropout, config.i2moe_temperature,
+        )
+        # Row 0: the clean input; row j + 1: modality j's tokens replaced. Shape (V, 1, T, 1).
+        variant_mask = torch.zeros(num_modalities + 1, layout.total_tokens, dtype=torch.bool)
+        for index in range(num_modalities):
+            variant_mask[index + 1, layout.token_slice(index)] = True
+        self.register_buffer("variant_mask", variant_mask[:, None, :, None], persistent=False)
+        self._register_loss_constants(num_modalities, num_experts)
+
+    def _register_loss_constants(self, num_modalities: int, num_experts: int) -> None:
+        """Fixed matrices of `interaction_loss_terms` (buffers, so they follow `.to(device)`)."""
+        # Which (expert, perturbed modality j) pairs enter each expert's mean: uniqueness expert i
+        # averages over its positives j != i; synergy and redundancy over every j. Shape (K, M, 1).
+        pair_weights = torch.ones(num_experts, num_modalities)
+        pair_weights[:num_modalities].fill_diagonal_(0.0)
+        self.register_buffer("pair_weights", pair_weights[:, :, None], persistent=False)
+        # Row j: variant j + 1 minus the clean variant 0. Shape (M, V).
+        difference = torch.cat([-torch.ones(num_modalities, 1), torch.eye(num_modalities)], dim=1)
+        self.register_buffer("difference_matrix", difference, persistent=False)
+        # Uniqueness expert i maps distances d_j to d_j - d_i (the matrix I - 1 e_i^T); the other
+        # experts read no triplet (zeros). Shape (K, M, M).
+        negative = torch.zeros(num_experts, num_modalities, num_modalities)
+        negative[:num_modalities] = torch.eye(num_modalities) - torch.eye(num_modalities)[:, None, :]
+        self.register_buffer("negative_matrix", negative, persistent=False)
+        self.register_buffer("margin_tensor", torch.full((1, 1, 1), float(self.margin)), persistent=False)
+        # Each expert's own modality's presence (uniqueness) or 1 (synergy, redundancy), as the
+        # affine map `own_select @ present + own_offset`.
+        own_select = torch.zeros(num_experts, num_modalities)
+        own_select[:num_modalities] = torch.eye(num_modalities)
+        self.register_buffer("own_select", own_select, persistent=False)
+        self.register_buffer("own_offset", (own_select.sum(1, keepdim=True) == 0).float(), persistent=False)
+        # Which candidate each expert's loss reads, as weights (K, 1, 2H, 1) over the candidates
+        # [triplet (H halves), similarity input (H halves)], plus a constant per expert. Halves:
+        # raw and unit-normalised logits (H = 2) for classification, raw (H = 1) for regression.
+        # Classification: cos = 1 - sq/2 on the unit half: synergy 1 - sq/2, redundancy sq/2.
+        # Regression: sim = exp(-sq) on the raw half: synergy sim, redundancy 1 - sim.
+        halves = 1 if self.regression else 2
+        routing = torch.zeros(num_experts, 1, 2 * halves, 1)
+        routing[:num_modalities, 0, 0] = 1.0
+        routing[-2, 0, -1], routing[-1, 0, -1] = (1.0, -1.0) if self.regression else (-0.5, 0.5)
+        self.register_buffer("routing", routing, persistent=False)
+        offset = torch.zeros(num_experts)
+        offset[-1 if self.regression else -2] = 1.0
+        self.register_buffer("loss_offset", offset, persistent=False)
+
+    def forward(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor,
+                labels: torch.Tensor | None = None) -> InteractionOutput:
+        batch = tokens.shape[0]
+        weights = self.reweighting(self.modality_mean(tokens).flatten(1))  # (B, K)
+        extra = {"expert_weights": weights}
+        auxiliary_loss = None
+        if self.training:
+            variants = torch.where(self.variant_mask, self.replacement(tokens, null_tokens), tokens)
+            outputs = self.experts(variants.view(1, -1, *tokens.shape[1:]))
+            outputs = outputs.view(self.num_experts, self.num_modalities + 1, batch, -1)  # (K, V, B, C)
+            clean = outputs[:, 0]
+            # In float32 even under autocast: squared distances of large fp16 logits overflow to inf (NaN loss).
+            with torch.autocast(tokens.device.type, enabled=False):
+                losses = self.interaction_loss_terms(outputs, present)
+            interaction_loss = losses.mean()
+            auxiliary_loss = self.lambda_int * interaction_loss
+            extra["interaction_loss"] = interaction_loss
+            extra["loss_terms"] = {**dict(zip(self.component_names, losses.unbind(0))), "interaction": interaction_loss}
+        else:
+            clean = self.experts(tokens[None])  # (K, B, C)
+        expert_logits = clean.transpose(0, 1)  # (B, K, C)
+        extra["expert_logits"] = expert_logits
+        logits = torch.bmm(weights.to(expert_logits.dtype)[:, None, :], expert_logits).squeeze(1)
+        return InteractionOutput(logits=logits, auxiliary_loss=auxiliary_loss, extra_outputs=extra)
+
+    def replacement(self, tokens: torch.Tensor, null_tokens: torch.Tensor) -> torch.Tensor:
+        """What a perturbed modality's tokens become, `(B or 1, T, d)`; each variant uses only its
+        modality's slice. Noise comes from torch's global RNG (`torch.manual_seed` repeats it); one
+        draw serves every variant, since the variants use disjoint slices of it."""
+        if self.perturbation == "noise":
+            return torch.randn_like(tokens)
+        if self.perturbation == "zero":
+            return tokens.new_zeros(1, *tokens.shape[1:])
+        if self.perturbation == "mean":
+            return tokens.mean(0, keepdim=True)
+        return null_tokens[None].to(tokens.dtype)
+
+    def interaction_loss_terms(self, outputs: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The K interaction losses `(K,)` from every expert's output on every variant
+        `(K, V, B, C)` (variant 0 clean, variant j + 1 with modality j perturbed):
+
+        - uniqueness expert i: `mean_{j != i, b} relu(||a - p_j|| - ||a - n|| + margin)` with anchor
+          `a = y_i^0`, negative `n = y_i^i`, positives `p_j = y_i^j`;
+        - synergy: `mean_{j, b} sim(y^0, y^j)` (minimised: perturbing any modality should matter);
+        - redundancy: `mean_{j, b} 1 - sim(y^0, y^j)` (perturbing one modality should not matter);
+
+        where `sim` is the cosine similarity of the logits, or for regression `exp(-||y^0 - y^j||²)`
+        (the cosine of scalar outputs is only their sign; this similarity is bounded like the
+        cosine, so minimising it pushes the synergy expert's outputs apart: the correct sign).
+        Means run over the pairs `_pair_weights` keeps.
+
+        Written for few kernels: every quantity is computed for all K experts at once, and
+        constant routing weights pick the one each expert's loss uses (slicing per expert type
+        would add kernels in the backward pass). The cosine comes from the distance of unit
+        vectors, `cos(a, p) = 1 - ||a/|a| - p/|p|||² / 2`, so one difference matmul and one
+        squared norm serve both the triplet distances and the cosines.
+        """
+        num_experts, num_variants, batch, num_labels = outputs.shape
+        outputs = outputs.float()
+        if self.regression:
+            halves = outputs
+        else:
+            norms = torch.linalg.vector_norm(outputs, dim=-1, keepdim=True)
+            halves = torch.cat([outputs, outputs / (norms + 1e-8)], dim=2)  # (K, V, H·B, C)
+        # Every perturbed variant minus the clean one, all experts, one matmul: (K, M, H·B·C).
+        differences = torch.matmul(self.difference_matrix, halves.view(num_experts, num_variants, -1))
+        squared = differences.view(num_experts, self.num_modalities, -1, num_labels).square().sum(-1)  # (K, M, H·B)
+        distances = (squared + 1e-12).sqrt()  # the epsilon keeps gradients finite where a pair coincides
+        triplet = F.relu(torch.baddbmm(self.margin_tensor, self.negative_matrix, distances))
+        similarity = torch.exp(-squared) if self.regression else squared
+        candidates = torch.cat([triplet, similarity], dim=2).view(num_experts, self.num_modalities, -1, batch)
+        weights = self.routing * self._pair_weights(present)[:, :, None, :]  # (K, M, 2H, B)
+        return (candidates * weights).sum((1, 2, 3)) + self.loss_offset
+
+    def _pair_weights(self, present: torch.Tensor) -> torch.Tensor:
+        """`(K, M, B)` weights of each expert's mean over (perturbed modality j, row b): a pair
+        counts where modality j is present in the row and, for uniqueness expert i, modality i
+        too (its negative); uniqueness expert i skips j = i. Rows of weights sum to 1."""
+        present_t = present.T.to(torch.float32)  # (M, B)
+        own = torch.addmm(self.own_offset, self.own_select, present_t)  # (K, B): modality i, or 1
+        pairs = self.pair_weights * own[:, None] * present_t
+        return pairs / pairs.sum((1, 2), keepdim=True).clamp_min(1.0)
+
+
+__all__ = ["I2MoEInteraction", "PERTURBATIONS", "ReweightingModel", "expert_names"]
