@@ -290,3 +290,18 @@ def test_synergy_metric_offline():
     assert result["unimodal_accuracy"] == [0.5, 0.0]
     with pytest.raises(ValueError, match="unimodal_predictions"):
         synergy.compute(predictions=[1, 0], references=[1, 0], unimodal_predictions=[[0], [0, 1]])
+
+
+def test_gate_weights_in_the_interpretation_api():
+    from i2moe.interpretation import interpret
+
+    config = dmil_config(dmil_stage=3)
+    model = I2MoEForClassification(config)
+    inputs = make_inputs(config, batch_size=6)
+    rows = [{key: value[i] for key, value in inputs.items()} | {"labels": torch.tensor(i % 3)} for i in range(6)]
+    result = interpret(model, rows, batch_size=4, progress=False)
+    assert result.component_names == ["uniqueness_m0", "uniqueness_m1", "redundancy", "synergy"]
+    np.testing.assert_allclose(result.weights.sum(1), 1.0, rtol=1e-5)
+    with torch.no_grad():
+        expected = model.eval()(**inputs).gate_weights.numpy()
+    np.testing.assert_allclose(result.weights, expected, rtol=1e-5, atol=1e-6)
