@@ -258,7 +258,7 @@ def test_xor_relies_on_synergy_and_beats_the_unimodal_ensemble(tmp_path):
     model = I2MoEForClassification(config)
     validation, test = _xor_dataset(256, seed=1), _xor_dataset(512, seed=2)
     metrics = run_dmil_schedule(
-        model, training_arguments(tmp_path, per_device_train_batch_size=32), _xor_dataset(1024, seed=0), validation,
+        model, training_arguments(tmp_path, per_device_train_batch_size=32), _xor_dataset(640, seed=0), validation,
         stages=(DMILStage(2, 1e-2), DMILStage(6, 1e-2), DMILStage(2, 1e-3)),
     )
     # Stage 1 trains each modality's head alone; its prediction is the unimodal ensemble, additive in
