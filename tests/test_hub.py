@@ -4,13 +4,10 @@ folder and from a Hugging Face cache laid out as the Hub client lays it out."""
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +118,10 @@ def publish(path: str, model, processor, figure: Path, tmp_path: Path) -> None:
 def check_repository(files: dict[str, bytes], processor: I2MoEProcessor) -> dict:
     """What every published repository must hold; returns the card's metadata."""
     code = {"configuration_i2moe.py", "modeling_i2moe.py", "fusion_i2moe.py", "towers_i2moe.py", "processing_i2moe.py"}
+    sub_processors = {"image": "image/preprocessor_config.json", "text": "text/tokenizer_config.json",
+                      "tabular": "tabular/preprocessor_config.json"}
     expected = {"README.md", FIGURE_NAME, "config.json", "model.safetensors", "processor_config.json", *code,
-                "image/preprocessor_config.json", "text/tokenizer_config.json",
-                "tabular/preprocessor_config.json"}
+                *(sub_processors[name] for name in processor.modality_names)}
     assert expected <= set(files), sorted(expected - set(files))
     assert not [name for name in files if name.endswith((".pt", ".pth", ".pkl")) or name == "pytorch_model.bin"]
     config = json.loads(files["config.json"])
@@ -205,6 +203,17 @@ def test_model_card_metadata_and_body(model_and_processor, figure):
         compile(snippet, "model card snippet", "exec")  # the loading snippets are valid Python
 
 
+@pytest.mark.parametrize("method", ["i2moe", "dmil"])
+def test_model_card_lists_the_settings_of_the_method_in_use(method):
+    from conftest import make_config
+
+    text = build_model_card(I2MoEForClassification(make_config("concat", method=method))).text
+    settings = {"i2moe": "| `i2moe_lambda_int` |", "dmil": "| `dmil_latent_size` |"}
+    assert settings[method] in text and settings[{"i2moe": "dmil", "dmil": "i2moe"}[method]] not in text
+    assert "| `i2m2_" not in text and "fusion_num_heads" not in text
+    assert ("outputs.expert_weights" if method == "i2moe" else "outputs.gate_weights") in text
+
+
 def test_local_tower_paths_are_not_published(model_and_processor, tmp_path):
     model, _ = model_and_processor
     model.config.modalities[0].tower_name_or_path = str(tmp_path / "efficientnet-lite0")
@@ -271,23 +280,16 @@ def test_published_repository_loads_without_the_package_from_a_folder_and_the_hu
     with torch.no_grad():
         expected = model(**processor(samples)).logits
 
-    results = load_in_fresh_process_without_package([folder, REPO_ID], tmp_path, samples=samples,
-                                                    env={"HF_HUB_CACHE": str(cache)})
+    # Then the card's own "without the package" snippet, as written, against the cached repository.
+    snippet = re.search(r"```python\n(.*?)```", files["README.md"].decode(), flags=re.DOTALL).group(1)
+    make_sample(1)["image"].save(tmp_path / "example.jpg")
+    *results, snippet_result = load_in_fresh_process_without_package(
+        [folder, REPO_ID], tmp_path, samples=samples, env={"HF_HUB_CACHE": str(cache)}, snippet=snippet)
+    assert len(snippet_result["snippet_labels"]) == 2  # one label per sample of the snippet
     for result in results:
         assert result["class"].startswith("transformers_modules.") and result["class"].endswith(".I2MoEForClassification")
         assert result["processor_class"].endswith(".I2MoEProcessor")
         torch.testing.assert_close(torch.tensor(result["logits"]), expected, rtol=0, atol=1e-6)
-
-    # The card's own "without the package" snippet runs as written against the cached repository.
-    snippet = re.search(r"```python\n(.*?)```", files["README.md"].decode(), flags=re.DOTALL).group(1)
-    make_sample(1)["image"].save(tmp_path / "example.jpg")
-    script = 'import sys\nsys.modules["i2moe"] = None  # not importable\n' + snippet + "\nprint(labels)\n"
-    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    environment.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_MODULES_CACHE=str(tmp_path / "modules"))
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=environment,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert len(ast.literal_eval(run.stdout.strip().splitlines()[-1])) == 2  # one label per sample of the snippet
 
     # With the package installed, the same cached repository loads the package's own classes.
     loaded = AutoModel.from_pretrained(REPO_ID, cache_dir=cache, local_files_only=True).eval()
@@ -296,3 +298,42 @@ def test_published_repository_loads_without_the_package_from_a_folder_and_the_hu
     with torch.no_grad():
         torch.testing.assert_close(loaded(**loaded_processor(samples)).logits, expected, rtol=0, atol=0)
     assert np.isfinite(expected.numpy()).all()
+
+
+def test_example_script_publishes_model_processor_and_card_with_the_composition(fake_hub, tmp_path):
+    """examples/run_classification.py --method i2moe --push_to_hub on real fashion products, tiny towers."""
+    from transformers import BertModel, ViTConfig, ViTImageProcessor, ViTModel
+
+    from conftest import SHARED_DATA, tiny_bert_config
+    from test_fashion import _run_classification_module
+    from test_processor import make_tokenizer
+
+    ViTModel(ViTConfig(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32)).save_pretrained(tmp_path / "image")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "image")
+    BertModel(tiny_bert_config()).save_pretrained(tmp_path / "text")
+    make_tokenizer().save_pretrained(tmp_path / "text")
+    _run_classification_module().main([
+        "--data_dir", str(SHARED_DATA), "--cache_dir", str(tmp_path / "cache"), "--target", "masterCategory",
+        "--image_model", str(tmp_path / "image"), "--text_model", str(tmp_path / "text"), "--method", "i2moe",
+        "--output_dir", str(tmp_path / "run"), "--do_train", "--do_predict", "--max_train_samples", "16",
+        "--max_test_samples", "12", "--max_steps", "1", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "12", "--eval_missing_modality", "image", "--hidden_size", "32",
+        "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--use_cpu", "true",
+        "--push_to_hub", "true", "--hub_model_id", REPO_ID,
+    ])
+    files = fake_hub[-1]["files"]  # Trainer also pushes when the script saves the model; the last push is final
+    metadata = check_repository(files, I2MoEProcessor.from_pretrained(tmp_path / "run"))
+    assert {"i2moe", "image", "text"} <= set(metadata["tags"]) and "interpretation_test.json" in files
+    [result] = metadata["model-index"][0]["results"]
+    assert result["dataset"] == {"name": "Fashion Product Images (small)", "type": "Fashion Product Images (small)",
+                                 "split": "test"}
+    text = files["README.md"].decode()
+    summary = json.loads(files["interpretation_test.json"])["summary"]
+    assert summary["num_samples"] == 12 and summary["component_names"] == [
+        "uniqueness_image", "uniqueness_text", "synergy", "redundancy"]
+    for expected in ("## Interaction composition", "over 12 samples on the test split", "| metric | test | test, without image |",
+                     f"![Distribution of each interaction type's weight over the samples]({FIGURE_NAME})",
+                     "| image | image | `vit` | local folder `image` |", "| learning rate |"):
+        assert expected in text, expected
+    assert str(tmp_path) not in text

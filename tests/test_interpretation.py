@@ -140,12 +140,16 @@ def test_plots_write_readable_figures(model, tmp_path):
     result = interpret(model, make_data(12), batch_size=4, progress=False)
     figure = plot_weight_distributions(result, path=tmp_path / "weights.png")
     assert [tick.get_text() for tick in figure.axes[0].get_xticklabels()] == [
-        "uniq. m0", "uniq. m1", "synergy", "redundancy"]
-    per_class = plot_weight_distributions(result, by_class=True, path=tmp_path / "per_class.png")
-    assert sum(axis.get_visible() for axis in per_class.axes) == 3
+        "uniqueness\nm0", "uniqueness\nm1", "synergy", "redundancy"]
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["mean weight", "uniform mix (1/4)"]
+    assert figure.axes[0].get_ylim() == (-0.02, 1.02)  # weights on their full scale, comparable across panels
+    per_class = plot_weight_distributions(result, by_class=True, max_classes=2, path=tmp_path / "per_class.png")
+    assert sum(axis.get_visible() for axis in per_class.axes) == 2
+    assert per_class.get_suptitle().endswith("the 2 most frequent of 3 classes")
     bars = plot_sample_contributions(result, indices=[0, 3, 5], path=tmp_path / "samples.png")
     legend = [text.get_text() for text in bars.axes[0].get_legend().get_texts()]
-    assert legend == ["logit (sum)", "uniq. m0", "uniq. m1", "synergy", "redundancy"]
+    assert legend == ["logit (sum)", "uniqueness m0", "uniqueness m1", "synergy", "redundancy"]
+    assert all(tick.get_rotation() == 40 for tick in bars.axes[0].get_xticklabels())  # long class names stay apart
     for name in ("weights.png", "per_class.png", "samples.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="class_index"):

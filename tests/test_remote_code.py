@@ -16,17 +16,21 @@ from conftest import make_inputs, tiny_bert_config
 
 def load_in_fresh_process_without_package(
     models: list[str | Path], tmp_path: Path, *, inputs: dict | None = None, samples: list[dict] | None = None,
-    env: dict | None = None,
+    env: dict | None = None, snippet: str | None = None,
 ) -> list[dict]:
     """Load each model (a folder or a Hub repo id) with `trust_remote_code=True` in a fresh interpreter where
     i2moe cannot be imported, and return per model its class and the logits for `inputs` (model inputs) or
-    for `samples` (raw samples, run through the processor loaded with `AutoProcessor`)."""
+    for `samples` (raw samples, run through the processor loaded with `AutoProcessor`); then run `snippet`
+    (Python code defining `labels`) there, reported as a last entry `{"snippet_labels": labels}`."""
     if inputs is not None:
         save_file({k: v.contiguous() for k, v in inputs.items()}, tmp_path / "inputs.safetensors")
         given = ["--inputs", str(tmp_path / "inputs.safetensors")]
     else:
         (tmp_path / "samples.json").write_text(json.dumps(samples))
         given = ["--samples", str(tmp_path / "samples.json")]
+    if snippet is not None:
+        (tmp_path / "snippet.py").write_text(snippet)
+        given += ["--snippet", str(tmp_path / "snippet.py")]
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     environment.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", **(env or {}))
     result = subprocess.run(

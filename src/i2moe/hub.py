@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+
 from .modeling_i2moe import I2MoEForClassification
 
 
@@ -48,6 +49,7 @@ _FUSION_SETTINGS = {
     "lrtf": {"lrtf_rank", "lrtf_output_size", "fusion_hidden_size"},
     "transformer": {"fusion_num_layers", "fusion_num_heads", "fusion_intermediate_size"},
 }
+_METHOD_PREFIXES = {"i2moe", "dmil", "i2m2"}
 _TRAINING_FIELDS = {
     "learning_rate": "learning rate", "num_train_epochs": "epochs", "max_steps": "max steps",
     "per_device_train_batch_size": "batch size (per device)", "gradient_accumulation_steps": "gradient accumulation",
@@ -303,7 +305,7 @@ class ModelCardTrainerMixin:
             shutil.copyfile(figure_path, output_dir / FIGURE_NAME)
         card = build_model_card(
             model,
-            repo_id=getattr(self, "hub_model_id", None) or model_name,
+            repo_id=getattr(self, "hub_model_id", None) or self.args.hub_model_id or model_name,
             processor=processor,
             dataset_name=dataset_name or _first(dataset),
             dataset_id=dataset_id or _first(dataset_tags),
@@ -456,8 +458,9 @@ def _method_settings(config) -> dict[str, Any]:
                "output_attentions", "chunk_size_feed_forward", "is_encoder_decoder", "tie_word_embeddings"}
     unused = set().union(*_FUSION_SETTINGS.values()) - _FUSION_SETTINGS.get(config.fusion, set())
     values = config.to_dict()
-    if not values.get("i2m2_heads"):  # I2M2's settings mean nothing without its heads
-        unused |= {key for key in values if key.startswith("i2m2_")}
+    # Each method's settings (`i2moe_*`, `dmil_*`; `i2m2_*` with its heads) only when it is in use.
+    active = {config.method, *(["i2m2"] if values.get("i2m2_heads") else [])}
+    unused |= {key for key in values if key.split("_")[0] in _METHOD_PREFIXES - active}
     return {key: value for key, value in values.items()
             if key in type(config).__annotations__ and key not in generic | unused}
 

@@ -52,13 +52,15 @@ def _colors(plt, count: int) -> list:
     return [plt.get_cmap("tab10")(index % 10) for index in range(count)]
 
 
-def _pretty(name: str) -> str:
-    return name.replace("uniqueness_", "uniq. ").replace("_", " ")
+def _pretty(name: str, separator: str = " ") -> str:
+    """`uniqueness_image` -> `uniqueness image` (or on two lines with `separator="\\n"`)."""
+    return name.replace("uniqueness_", f"uniqueness{separator}").replace("_", " ")
 
 
 def plot_weight_distributions(result: InterpretationResult, by_class: bool = False, by: str = "label",
                               max_classes: int = 12, path: str | Path | None = None, title: str | None = None):
-    """Violin plots of each interaction type's weight over the dataset (with the mean marked).
+    """Violin plots of each interaction type's weight over the dataset, with the mean marked and
+    the uniform mix (every type weighted 1/K) as a dashed reference line.
 
     Args:
         result: from `i2moe.interpretation.interpret`.
@@ -68,42 +70,49 @@ def plot_weight_distributions(result: InterpretationResult, by_class: bool = Fal
     """
     plt = _pyplot()
     groups = {"all samples": np.ones(len(result.weights), dtype=bool)}
+    subtitle = ""
     if by_class:
         class_groups = result._class_groups(by)
         if not class_groups:
             raise ValueError(f"by_class=True needs class indices to group by ({by!r}); this result has none")
-        largest = sorted(class_groups.items(), key=lambda item: -item[1].sum())[:max_classes]
-        groups = {f"{by} = {name}": rows for name, rows in largest if rows.any()}
+        present = sorted(((name, rows) for name, rows in class_groups.items() if rows.any()), key=lambda item: -item[1].sum())
+        kind = "true class" if by == "label" else "predicted class"
+        groups = {f"{kind}: {name}": rows for name, rows in present[:max_classes]}
+        if len(present) > max_classes:
+            subtitle = f" — the {max_classes} most frequent of {len(present)} classes"
     columns = min(len(groups), 3)
     rows_count = -(-len(groups) // columns)
-    figure, axes = plt.subplots(rows_count, columns, figsize=(4.2 * columns + 0.6, 3.4 * rows_count), squeeze=False,
-                                sharey=True)
     names = result.component_names
+    width = max(4.8, 1.05 * len(names) + 1.2)
+    figure, axes = plt.subplots(rows_count, columns, figsize=(width * columns, 3.4 * rows_count + 0.8), squeeze=False,
+                                sharey=True, layout="constrained")
     colors = _colors(plt, len(names))
     positions = np.arange(1, len(names) + 1)
+    uniform = 1.0 / len(names)
     for axis, (label, rows) in zip(axes.flat, groups.items()):
         weights = result.weights[rows]
-        parts = axis.violinplot([weights[:, k] for k in range(len(names))], positions=positions, showmeans=True,
-                                showextrema=True, widths=0.8)
+        parts = axis.violinplot([weights[:, k] for k in range(len(names))], positions=positions, showmeans=False,
+                                showextrema=False, widths=0.8)
         for body, color in zip(parts["bodies"], colors):
             body.set_facecolor(color)
             body.set_edgecolor("black")
             body.set_alpha(0.7)
-        for key in ("cmeans", "cmins", "cmaxes", "cbars"):
-            parts[key].set_color("black")
-            parts[key].set_linewidth(1.0)
-        axis.set_xticks(positions, [_pretty(name) for name in names], rotation=25, ha="right")
+        axis.scatter(positions, weights.mean(0), marker="D", s=28, color="white", edgecolor="black", zorder=3,
+                     label="mean weight")
+        axis.axhline(uniform, color="0.3", linestyle="--", linewidth=1.0, label=f"uniform mix (1/{len(names)})")
+        axis.set_xticks(positions, [_pretty(name, "\n") for name in names], fontsize=9)
         axis.set_ylim(-0.02, 1.02)
         axis.set_title(f"{label} (n={int(rows.sum())})", fontsize=10)
         axis.grid(axis="y", alpha=0.3)
     for axis in axes[:, 0]:
-        axis.set_ylabel("expert weight")
+        axis.set_ylabel("weight (each sample's weights sum to 1)")
     for axis in list(axes.flat)[len(groups):]:
         axis.set_visible(False)
-    figure.suptitle(title or "Weight distribution by interaction type (bar: mean)", fontsize=11)
-    figure.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=9, frameon=False)
+    figure.suptitle(title or f"How much the model relies on each interaction type{subtitle}", fontsize=11)
     if path is not None:
-        figure.savefig(path, dpi=120)
+        figure.savefig(path, dpi=110)
     return figure
 
 
@@ -131,7 +140,7 @@ def plot_sample_contributions(result: InterpretationResult, indices=None, class_
     contributions = result.contributions[indices, :, classes]  # (n, K)
     names = result.component_names
     colors = _colors(plt, len(names))
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.5 * len(indices) + 3.0), 4.8))
+    figure, axis = plt.subplots(figsize=(max(6.5, 0.5 * len(indices) + 3.5), 5.0))
     positions = np.arange(len(indices))
     positive_base, negative_base = np.zeros(len(indices)), np.zeros(len(indices))
     for k, (name, color) in enumerate(zip(names, colors)):
@@ -142,18 +151,20 @@ def plot_sample_contributions(result: InterpretationResult, indices=None, class_
         negative_base += np.clip(values, None, 0)
     axis.scatter(positions, contributions.sum(1), color="black", marker="D", s=18, zorder=3, label="logit (sum)")
     axis.axhline(0.0, color="black", linewidth=0.8)
-    labels = [f"#{index}: {result.class_names[cls]}" for index, cls in zip(indices, classes)]
+    # One line per sample, rotated, so long class names do not run into each other.
+    labels = [f"#{index} {result.class_names[cls]}" for index, cls in zip(indices, classes)]
     if result.labels is not None and result.labels.ndim == 1 and not np.issubdtype(result.labels.dtype, np.floating):
-        labels = [f"{text} (true {result.class_names[int(result.labels[index])]})" for text, index in zip(labels, indices)]
+        labels = [f"{text} (true: {result.class_names[int(result.labels[index])]})" for text, index in zip(labels, indices)]
     axis.set_xticks(positions, labels, fontsize=8, rotation=40, ha="right", rotation_mode="anchor")
-    axis.set_xlabel("sample (decomposed class)")
+    decomposed = "predicted class" if class_index == "predicted" else f"class {result.class_names[int(class_index)]}"
+    axis.set_xlabel(f"sample: #index, {decomposed}" + (" (true class)" if "true:" in labels[0] else ""))
     axis.set_ylabel("contribution to the class logit  $w_k \\cdot y_k$")
-    axis.set_title(title or "Per-sample contributions by interaction type", fontsize=11)
+    axis.set_title(title or f"Each interaction type's contribution to the logit of the {decomposed}", fontsize=11)
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     figure.tight_layout()
     if path is not None:
-        figure.savefig(path, dpi=120)
+        figure.savefig(path, dpi=110)
     return figure
 
 
