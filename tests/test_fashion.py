@@ -141,5 +141,5 @@ def test_shipped_metric_loads_offline_and_computes_accuracy_and_macro_f1():
     # class 0: F1 1; class 1: TP 1, predicted 2, actual 1 -> 2/3; class 2: 0.
     result = metric.compute(predictions=[0, 1, 1], references=[0, 1, 2])
     assert result["accuracy"] == pytest.approx(2 / 3) and result["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
-    with pytest.raises(ValueError, match="unknown metric 'accuracy'; this package ships \\['classification'\\]"):
+    with pytest.raises(ValueError, match=r"unknown metric 'accuracy'; this package ships \[.*'classification'"):
         load_metric("accuracy")
