@@ -2,11 +2,13 @@
 and I2MoE with and without I2M2 heads when this package has `method="i2moe"`.
 
 Staged training as in the I2M2 paper: the image-only and audio-only models (LeNet towers of width
-3) and each inter model (LeNet towers of width 6) are trained separately; the intra-only baseline
-and each I2M2 model are then assembled from the trained parts with
-`I2MoEForClassification.from_i2m2_parts` and fine-tuned jointly. Every model keeps the epoch with
-the best validation accuracy; test accuracy is reported as mean and std over seeds (seeds run in
-parallel worker processes, one thread each). The data are the offline AV-MNIST of
+3) and each inter model (LeNet towers of width 6) are trained separately and saved with
+`save_pretrained` under `--work_dir`; the intra-only baseline and each I2M2 model are then
+assembled from the saved folders with `I2MoEForClassification.from_i2m2_parts` and fine-tuned
+jointly. Every model keeps the epoch with the best validation accuracy; test accuracy is reported
+as mean and std over seeds. Models train as parallel single-threaded tasks (`--workers`); each
+writes its test accuracy beside its weights, so an interrupted run can be resumed
+(`--skip_done`) or tabulated (`--summarise_only`). The data are the offline AV-MNIST of
 `i2moe.datasets_avmnist` (built once with the data seed 0, then cached); model seeds vary.
 
     PYTHONPATH=src python benchmarks/avmnist_i2m2.py                    # the table (3 seeds)
@@ -51,16 +53,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=list(ALL_MODELS), choices=ALL_MODELS)
     parser.add_argument("--fusions", nargs="+", default=["concat", "lrtf"], choices=["concat", "lrtf"])
-    parser.add_argument("--train_samples", type=int, default=6000, help="training rows used (of 55,000)")
-    parser.add_argument("--val_samples", type=int, default=2000, help="validation rows for checkpoint selection")
+    parser.add_argument("--i2moe_fusions", nargs="+", default=["concat"], choices=["concat", "lrtf"],
+                        help="backbones of the I2MoE experts (when the package has method='i2moe')")
+    parser.add_argument("--train_samples", type=int, default=4000, help="training rows used (of 55,000)")
+    parser.add_argument("--val_samples", type=int, default=1000, help="validation rows for checkpoint selection")
     parser.add_argument("--test_samples", type=int, default=None, help="test rows (default: all 10,000)")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs of each separately trained part")
-    parser.add_argument("--joint_epochs", type=int, default=2, help="epochs of joint fine-tuning of assembled models")
+    parser.add_argument("--unimodal_epochs", type=int, default=4, help="epochs of the image-only and audio-only parts")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of each inter part")
+    parser.add_argument("--joint_epochs", type=int, default=1, help="epochs of joint fine-tuning of assembled models")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD (momentum 0.9) rate of the unimodal and inter parts")
     parser.add_argument("--joint_lr", type=float, default=0.001, help="SGD (momentum 0.9) rate of joint fine-tuning")
     parser.add_argument("--batch_size", type=int, default=40)
     parser.add_argument("--snr_db", type=float, default=AVMNISTRecipe.snr_db)
-    parser.add_argument("--workers", type=int, default=3, help="seeds trained in parallel processes")
+    parser.add_argument("--workers", type=int, default=6, help="models trained in parallel processes (one thread each)")
+    parser.add_argument("--work_dir", default="/tmp/i2moe-avmnist-runs", help="where the trained parts are saved")
+    parser.add_argument("--stage", default="all", choices=["all", "parts", "products"],
+                        help="train the separate parts, the assembled products (from saved parts), or both")
+    parser.add_argument("--skip_done", action="store_true", help="skip models whose results the work folder holds")
     parser.add_argument("--summarise_only", action="store_true",
                         help="only tabulate the per-seed results an earlier (possibly interrupted) run kept")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "avmnist.json"))
@@ -80,12 +89,15 @@ def model_config(modalities: tuple[str, ...], width: int, **overrides) -> I2MoEC
     )
 
 
-def load_tensors(args) -> dict[str, dict[str, torch.Tensor]]:
+def load_tensors(args, columns: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """The train / validation / test tensors of `columns` (and the labels)."""
     avmnist = load_avmnist(args.data_dir, seed=0, cache_dir=args.cache_dir, max_train_samples=args.train_samples,
                            snr_db=args.snr_db)
-    data = {split: avmnist[split][:] for split in ("train", "validation", "test")}
-    data["validation"] = {key: value[: args.val_samples] for key, value in data["validation"].items()}
-    data["test"] = {key: value[: args.test_samples] for key, value in data["test"].items()}
+    limits = {"train": None, "validation": args.val_samples, "test": args.test_samples}
+    data = {}
+    for split, limit in limits.items():
+        rows = avmnist[split] if limit is None else avmnist[split].select(range(min(limit, len(avmnist[split]))))
+        data[split] = rows.select_columns([*columns, "labels"])[:]
     return data
 
 
@@ -133,54 +145,68 @@ def fit(model, data, *, lr: float, epochs: int, seed: int, batch_size: int, devi
     return model.eval()
 
 
-def run_seed(seed: int, args) -> dict[str, float]:
-    """Test accuracy of every requested row for one model seed: `{"model/fusion": accuracy}`."""
-    torch.set_num_threads(1)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = load_tensors(args)
-    results: dict[str, float] = {}
-
-    def train(config_or_model, tag: str, *, lr: float, epochs: int):
-        torch.manual_seed(seed)
-        model = config_or_model if isinstance(config_or_model, I2MoEForClassification) else I2MoEForClassification(config_or_model)
-        return fit(model, data, lr=lr, epochs=epochs, seed=seed, batch_size=args.batch_size, device=device, tag=tag)
-
-    def record(key: str, model) -> None:
-        results[key] = accuracy(model, data["test"], device)
-        print(f"[seed {seed}] {key}: test {results[key]:.4f}", flush=True)
-        # Kept as it goes, so an interrupted run can still be summarised (--summarise_only).
-        partial = partial_path(args, seed)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(results, indent=2))
-
+def stage_tasks(args) -> tuple[list[tuple], list[tuple]]:
+    """(seed, model, fusion) tasks: the separately trained parts, then the assembled products."""
     products = {"intra", "i2m2", "i2moe_i2m2"} & set(args.models)
-    unimodal = {}
-    for name in MODALITIES:
-        if name in args.models or products:
-            unimodal[name] = train(model_config((name,), width=3), f"{name}-only", lr=args.lr, epochs=args.epochs)
-            record(f"{name}/", unimodal[name])
-    if "intra" in args.models:
-        intra = I2MoEForClassification.from_i2m2_parts(unimodal)
-        record("intra/", train(intra, "intra", lr=args.joint_lr, epochs=args.joint_epochs))
-    inter_methods = [("inter", "i2m2", "vanilla")]
-    if "i2moe" in METHODS:
-        inter_methods.append(("i2moe", "i2moe_i2m2", "i2moe"))
-    for inter_row, product_row, method in inter_methods:
-        if inter_row not in args.models and product_row not in args.models:
-            continue
-        for fusion in args.fusions:
-            inter = train(model_config(MODALITIES, width=6, fusion=fusion, method=method), f"{inter_row}-{fusion}",
-                          lr=args.lr, epochs=args.epochs)
-            record(f"{inter_row}/{fusion}", inter)
-            if product_row in args.models:
-                product = I2MoEForClassification.from_i2m2_parts(unimodal, inter)
-                record(f"{product_row}/{fusion}",
-                       train(product, f"{product_row}-{fusion}", lr=args.joint_lr, epochs=args.joint_epochs))
-    return results
+    parts, assembled = [], []
+    for seed in args.seeds:
+        parts += [(seed, name, None) for name in MODALITIES if name in args.models or products]
+        for inter_row, product_row, fusions in (("inter", "i2m2", args.fusions), ("i2moe", "i2moe_i2m2", args.i2moe_fusions)):
+            if inter_row == "i2moe" and "i2moe" not in METHODS:
+                continue
+            for fusion in fusions:
+                if inter_row in args.models or product_row in args.models:
+                    parts.append((seed, inter_row, fusion))
+                if product_row in args.models:
+                    assembled.append((seed, product_row, fusion))
+        if "intra" in args.models:
+            assembled.append((seed, "intra", None))
+    return parts, assembled
 
 
-def partial_path(args, seed: int) -> Path:
-    return Path(args.output).with_suffix(".partial") / f"seed{seed}.json"
+def task_folder(args, seed: int, name: str, fusion: str | None) -> Path:
+    return Path(args.work_dir) / f"seed{seed}" / f"{name}-{fusion or 'none'}"
+
+
+def run_task(task: tuple, args) -> tuple:
+    """Train one model, save it with `save_pretrained` under the work folder, and return
+    `(seed, "model/fusion", test accuracy)`. Products are assembled from the saved parts."""
+    seed, name, fusion = task
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)  # fixes the new weights of every model
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    key = f"{name}/{fusion or ''}"
+    folder = task_folder(args, seed, name, fusion)
+    saved = lambda row, row_fusion=None: str(task_folder(args, seed, row, row_fusion))
+    if name in MODALITIES:
+        model, lr, epochs = I2MoEForClassification(model_config((name,), width=3)), args.lr, args.unimodal_epochs
+    elif name in ("inter", "i2moe"):
+        method = "vanilla" if name == "inter" else "i2moe"
+        config = model_config(MODALITIES, width=6, fusion=fusion, method=method)
+        model, lr, epochs = I2MoEForClassification(config), args.lr, args.epochs
+    else:  # the paper's staged initialisation: assemble the saved parts, fine-tune jointly
+        unimodal = {modality: saved(modality) for modality in MODALITIES}
+        inter = None if name == "intra" else saved("inter" if name == "i2m2" else "i2moe", fusion)
+        model = I2MoEForClassification.from_i2m2_parts(unimodal, inter)
+        lr, epochs = args.joint_lr, args.joint_epochs
+    data = load_tensors(args, [f"{modality}_pixel_values" for modality in MODALITIES
+                               if f"{modality}_pixel_values" in model.input_names])
+    fit(model, data, lr=lr, epochs=epochs, seed=seed, batch_size=args.batch_size, device=device, tag=key)
+    model.save_pretrained(folder)
+    result = accuracy(model, data["test"], device)
+    print(f"[seed {seed}] {key}: test {result:.4f}", flush=True)
+    # Kept as it goes, so an interrupted run can still be tabulated (--summarise_only).
+    (folder / "test_accuracy.json").write_text(json.dumps({key: result}))
+    return seed, key, result
+
+
+def collect_partials(args) -> dict[int, dict[str, float]]:
+    per_seed: dict[int, dict[str, float]] = {}
+    for path in sorted(Path(args.work_dir).glob("seed*/*/test_accuracy.json")):
+        seed = int(path.parent.parent.name[4:])
+        if seed in args.seeds:
+            per_seed.setdefault(seed, {}).update(json.loads(path.read_text()))
+    return per_seed
 
 
 def summarise(per_seed: dict[int, dict[str, float]], models: list[str]) -> list[dict]:
@@ -206,13 +232,16 @@ def summarise(per_seed: dict[int, dict[str, float]], models: list[str]) -> list[
 def main() -> None:
     args = parse_args()
     started = time.time()
-    if args.summarise_only:
-        per_seed = {seed: json.loads(partial_path(args, seed).read_text()) for seed in args.seeds
-                    if partial_path(args, seed).exists()}
-    else:
-        load_tensors(args)  # build (or find) the cached dataset once, before the workers read it
-        with ProcessPoolExecutor(max_workers=min(args.workers, len(args.seeds)), mp_context=get_context("spawn")) as pool:
-            per_seed = dict(zip(args.seeds, pool.map(run_seed, args.seeds, [args] * len(args.seeds))))
+    if not args.summarise_only:
+        load_tensors(args, [])  # build (or find) the cached dataset once, before the workers read it
+        parts, assembled = stage_tasks(args)
+        stages = {"all": (parts, assembled), "parts": (parts,), "products": (assembled,)}[args.stage]
+        with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
+            for stage in stages:  # the products need every saved part
+                if args.skip_done:
+                    stage = [task for task in stage if not (task_folder(args, *task) / "test_accuracy.json").exists()]
+                list(pool.map(run_task, stage, [args] * len(stage)))
+    per_seed = collect_partials(args)
     rows = summarise(per_seed, args.models)
     print(f"\nAV-MNIST test accuracy (%), {len(args.seeds)} seed(s), {time.time() - started:.0f}s")
     print(f"{'model':34s} {'fusion':6s} accuracy")

@@ -35,13 +35,14 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict
+from datasets import Dataset
 from transformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
@@ -58,40 +59,86 @@ CACHE = Path(os.environ.get("I2MOE_CACHE", Path.home() / ".cache" / "i2moe")) / 
 # --- data ---
 
 
-def avmnist_splits(args) -> tuple[DatasetDict, dict]:
+class TensorDictDataset(torch.utils.data.Dataset):
+    """Columns held as tensors in memory: rows are dicts of tensors (what Trainer's default collator
+    stacks). Arrow's per-row conversion of nested image arrays cost more than the LeNets here."""
+
+    def __init__(self, columns: dict[str, torch.Tensor]):
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {name: column[index] for name, column in self.columns.items()}
+
+    def select_columns(self, names: list[str]) -> "TensorDictDataset":
+        return TensorDictDataset({name: self.columns[name] for name in names})
+
+    def batch(self, start: int, stop: int) -> dict[str, torch.Tensor]:
+        return {name: column[start:stop] for name, column in self.columns.items()}
+
+
+
+def avmnist_splits(args) -> tuple[dict, dict]:
     from i2moe.datasets_avmnist import load_avmnist
 
     splits = load_avmnist(args.data_dir, seed=0, max_train_samples=args.avmnist_train, max_eval_samples=args.avmnist_eval)
-    splits = DatasetDict({name: split.with_format("torch", columns=["image_pixel_values", "audio_pixel_values", "labels"])
-                          for name, split in splits.items()})
+    memory = {}
+    for name, split in splits.items():
+        arrays = split.with_format("numpy")[:]
+        audio = torch.from_numpy(np.asarray(arrays["audio_pixel_values"], dtype=np.float32))
+        if args.audio_pool > 1:  # compute: average-pool the 112x112 spectrogram (see --audio_pool)
+            audio = torch.nn.functional.avg_pool2d(audio, args.audio_pool)
+        memory[name] = TensorDictDataset({
+            "image_pixel_values": torch.from_numpy(np.asarray(arrays["image_pixel_values"], dtype=np.float32)),
+            "audio_pixel_values": audio, "labels": torch.from_numpy(np.asarray(arrays["labels"], dtype=np.int64)),
+        })
+    # The reference LeNets: image 3 extra blocks; audio 5 on 112x112, one fewer per halving of --audio_pool.
+    audio_blocks = 5 - int(np.log2(args.audio_pool))
     modalities = {
         "image": {"tower": I2MoELeNetConfig(base_channels=6, num_additional_layers=3)},
-        "audio": {"tower": I2MoELeNetConfig(base_channels=6, num_additional_layers=5)},
+        "audio": {"tower": I2MoELeNetConfig(base_channels=6, num_additional_layers=audio_blocks)},
     }
+    splits = memory
     return splits, {"modalities": modalities, "num_labels": 10, "hidden_size": 64, "epochs": args.avmnist_epochs,
-                    "learning_rate": 1e-3, "batch_size": 64, "inputs": {"image": "pixel_values", "audio": "pixel_values"}}
+                    "learning_rate": 1e-3, "batch_size": args.avmnist_batch_size,
+                    "inputs": {"image": "pixel_values", "audio": "pixel_values"}}
 
 
-def fashion_splits(args) -> tuple[DatasetDict, dict]:
-    from i2moe.datasets_fashion import load_fashion_products
+# Metadata columns for the tabular alternative to the image (not subCategory / masterCategory: they
+# nearly determine the article type).
+FASHION_TABULAR_COLUMNS = ("gender", "baseColour", "season", "usage", "year")
 
-    raw = load_fashion_products(args.data_dir, target="articleType", seed=0)
+
+def fashion_splits(args) -> tuple[dict, dict]:
+    from i2moe.datasets_fashion import fashion_tabular_feature_names, load_fashion_products
+
+    tabular = args.fashion_second == "tabular"
+    raw = load_fashion_products(args.data_dir, target="articleType", seed=0,
+                                tabular_columns=FASHION_TABULAR_COLUMNS if tabular else ())
+    second = "tabular" if tabular else "image"
     embedded = {}
     for name, split in raw.items():
         text = _cached(f"fashion_text_{name}_{len(split)}", lambda: _text_embeddings(list(split["text"])))
-        image = _cached(f"fashion_image_{name}_{len(split)}", lambda: _image_embeddings(split, args.image_tower))
-        embedded[name] = Dataset.from_dict({"image_features": image, "text_features": text,
-                                            "labels": np.asarray(split["labels"])}).with_format("torch")
+        if tabular:
+            features = np.asarray(split["tabular"], dtype=np.float32)
+            year = fashion_tabular_feature_names(split).index("year")
+            features[:, year] = (features[:, year] - 2012.0) / 10.0  # decades from 2012: the one-hot columns' scale
+        else:
+            features = _cached(f"fashion_image_{name}_{len(split)}", lambda: _image_embeddings(split, args.image_tower))
+        embedded[name] = TensorDictDataset({f"{second}_features": torch.from_numpy(features),
+                                            "text_features": torch.from_numpy(text),
+                                            "labels": torch.as_tensor(np.asarray(split["labels"]), dtype=torch.long)})
     modalities = {
-        "image": {"tower": I2MoEFeaturesConfig(input_size=embedded["train"][0]["image_features"].shape[0],
-                                               hidden_size=128, num_hidden_layers=1, hidden_dropout_prob=0.1)},
-        "text": {"tower": I2MoEFeaturesConfig(input_size=embedded["train"][0]["text_features"].shape[0],
-                                              hidden_size=128, num_hidden_layers=1, hidden_dropout_prob=0.1)},
+        name: {"tower": I2MoEFeaturesConfig(input_size=embedded["train"].columns[f"{name}_features"].shape[1],
+                                            hidden_size=128, num_hidden_layers=1, hidden_dropout_prob=0.1)}
+        for name in (second, "text")
     }
     num_labels = raw["train"].features["labels"].num_classes
-    return DatasetDict(embedded), {"modalities": modalities, "num_labels": num_labels, "hidden_size": 64,
-                                   "epochs": args.fashion_epochs, "learning_rate": 1e-3, "batch_size": 64,
-                                   "inputs": {"image": "features", "text": "features"}}
+    return embedded, {"modalities": modalities, "num_labels": num_labels, "hidden_size": 64,
+                      "epochs": args.fashion_epochs, "learning_rate": 1e-3, "batch_size": 64,
+                      "inputs": {second: "features", "text": "features"}}
 
 
 def _cached(name: str, compute) -> np.ndarray:
@@ -169,7 +216,7 @@ def columns_for(spec: dict, names: list[str]) -> list[str]:
     return [f"{name}_{spec['inputs'][name]}" for name in names] + ["labels"]
 
 
-def train_plain(model, splits: DatasetDict, spec: dict, names: list[str], seed: int, workdir: Path) -> dict:
+def train_plain(model, splits: dict, spec: dict, names: list[str], seed: int, workdir: Path) -> dict:
     columns = columns_for(spec, names)
     trainer = Trainer(
         model=model, args=training_arguments(workdir, spec, seed, spec["epochs"]),
@@ -180,7 +227,7 @@ def train_plain(model, splits: DatasetDict, spec: dict, names: list[str], seed: 
     return test_outputs(model, splits["test"].select_columns(columns))
 
 
-def train_dmil(model, splits: DatasetDict, spec: dict, seed: int, workdir: Path, stage_epochs: tuple) -> dict:
+def train_dmil(model, splits: dict, spec: dict, seed: int, workdir: Path, stage_epochs: tuple) -> dict:
     args = training_arguments(workdir, spec, seed, spec["epochs"])
     stage_rates = (spec["learning_rate"], spec["learning_rate"], spec["learning_rate"] / 10)
     stages = tuple(DMILStage(epochs, rate) for epochs, rate in zip(stage_epochs, stage_rates))
@@ -191,18 +238,18 @@ def train_dmil(model, splits: DatasetDict, spec: dict, seed: int, workdir: Path,
 
 
 @torch.no_grad()
-def test_outputs(model, test: Dataset) -> dict:
+def test_outputs(model, test: TensorDictDataset) -> dict:
     """Test-split probabilities (and DMIL's gate weights), batch by batch, in eval mode."""
     model.eval()
     probabilities, gates = [], []
     for start in range(0, len(test), 256):
-        batch = test[start:start + 256]
-        labels = batch.pop("labels")
+        batch = test.batch(start, start + 256)
+        batch.pop("labels")
         out = model(**batch)
         probabilities.append(out.logits.float().softmax(-1).numpy())
         if out.gate_weights is not None:
             gates.append(out.gate_weights.float().numpy())
-    result = {"probabilities": np.concatenate(probabilities), "labels": np.asarray(test["labels"])}
+    result = {"probabilities": np.concatenate(probabilities), "labels": test.columns["labels"].numpy()}
     if gates:
         result["gate_weights"] = np.concatenate(gates)
     return result
@@ -211,7 +258,7 @@ def test_outputs(model, test: Dataset) -> dict:
 # --- the benchmark ---
 
 
-def run_dataset(name: str, splits: DatasetDict, spec: dict, seeds: list[int], stage_epochs: tuple, workdir: Path) -> list[dict]:
+def run_dataset(name: str, splits: dict, spec: dict, seeds: list[int], stage_epochs: tuple, workdir: Path) -> list[dict]:
     synergy = evaluate.load(str(SYNERGY_METRIC))
     names = list(spec["modalities"])
     records = []
@@ -265,8 +312,41 @@ def summarise(records: list[dict]) -> list[dict]:
     return rows
 
 
-def previous_commands(output: Path) -> list[str]:
-    return json.loads(output.read_text()).get("commands", []) if output.exists() else []
+def write_results(records: list[dict], settings: dict, args, argv) -> None:
+    """Write (or update) the results JSON; figures of datasets not run now are kept."""
+    output = Path(args.output)
+    commands = []
+    if output.exists():
+        previous = json.loads(output.read_text())
+        records = [r for r in previous["per_seed"] if r["dataset"] not in args.datasets] + records
+        settings = {**{k: v for k, v in previous["settings"].items() if k not in args.datasets}, **settings}
+        commands = previous.get("commands", [])
+    command = "python benchmarks/dmil_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({
+        "rows": summarise(records), "per_seed": records, "settings": settings,
+        "environment": {"torch": torch.__version__, "threads": args.threads, "machine": platform.machine()},
+        "commands": sorted({*commands, command}),
+    }, indent=2) + "\n")
+
+
+def merge_results(files: list[str], output: Path) -> None:
+    records, settings, commands = [], {}, []
+    for file in files:
+        result = json.loads(Path(file).read_text())
+        records += result["per_seed"]
+        commands += result.get("commands", [])
+        for dataset, values in result["settings"].items():
+            settings.setdefault(dataset, values)
+            settings[dataset]["seconds_per_process"] = settings[dataset].get("seconds_per_process", []) + [values["seconds"]]
+    environment = json.loads(Path(files[0]).read_text())["environment"]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"rows": summarise(records), "per_seed": records, "settings": settings,
+                                  "environment": environment, "commands": sorted(set(commands))}, indent=2) + "\n")
+    for row in summarise(records):
+        print(f"{row['dataset']:8s} {row['model']:18s} {100 * row['accuracy_mean']:6.2f} ± {100 * row['accuracy_std']:.2f}"
+              f"  synergy {100 * row['synergy_mean']:.2f}  ({row['num_seeds']} seeds)")
+    print(f"wrote {output}")
 
 
 def main(argv=None) -> None:
@@ -276,14 +356,31 @@ def main(argv=None) -> None:
     parser.add_argument("--data_dir", default=None, help="data root (default: $I2MOE_DATA_DIR, else ../shared/data)")
     parser.add_argument("--image_tower", default=None,
                         help="converted EfficientNet-Lite0 folder (default: i2moe.convert_efficientnet_lite's)")
-    parser.add_argument("--avmnist_train", type=int, default=5000, help="training rows of AV-MNIST used")
-    parser.add_argument("--avmnist_eval", type=int, default=2000, help="validation and test rows of AV-MNIST used")
-    parser.add_argument("--avmnist_epochs", type=int, default=8)
-    parser.add_argument("--fashion_epochs", type=int, default=16)
+    parser.add_argument("--avmnist_train", type=int, default=1000, help="training rows of AV-MNIST used")
+    parser.add_argument("--avmnist_eval", type=int, default=500, help="validation and test rows of AV-MNIST used")
+    parser.add_argument("--avmnist_epochs", type=int, default=6)
+    # Small batches: with few rows, 64-row batches left too few steps for the BatchNorm running statistics
+    # to follow the LeNets' fast-moving weights (eval-mode accuracy at chance while train-mode was 50%).
+    parser.add_argument("--avmnist_batch_size", type=int, default=32)
+    parser.add_argument("--audio_pool", type=int, default=4, choices=[1, 2, 4],
+                        help="average-pool the 112x112 AV-MNIST spectrogram by this factor (4: 28x28, 3 LeNet blocks "
+                             "after the first; 1: the reference 112x112 and 5 blocks)")
+    parser.add_argument("--fashion_epochs", type=int, default=8)
+    parser.add_argument("--fashion_second", default="image", choices=["image", "tabular"],
+                        help="fashion's second modality besides the product name: EfficientNet-Lite0 photo features, "
+                             f"or the metadata columns {FASHION_TABULAR_COLUMNS}")
+    parser.add_argument("--dmil_stage_epochs", nargs=3, type=int, default=None, metavar=("S1", "S2", "S3"),
+                        help="DMIL's epochs per stage (default: half, a quarter, the rest of the joint model's)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 epoch per model, small AV-MNIST")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 epochs per model, small AV-MNIST")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "dmil.json"))
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="instead of training, combine the per-seed figures of these result files (e.g. seeds run "
+                             "as parallel processes) into --output")
     args = parser.parse_args(argv)
+    if args.merge:
+        merge_results(args.merge, Path(args.output))
+        return
     if args.quick:
         args.avmnist_train, args.avmnist_eval, args.avmnist_epochs, args.fashion_epochs = 500, 200, 3, 3
     torch.set_num_threads(args.threads)
@@ -294,35 +391,31 @@ def main(argv=None) -> None:
         for dataset in args.datasets:
             started = time.time()
             splits, spec = (avmnist_splits if dataset == "avmnist" else fashion_splits)(args)
-            # DMIL gets the joint model's epochs in total: half in stage 1, a quarter each in stages 2 and 3.
+            # DMIL gets about the joint model's epochs in total: half in stage 1, a quarter each in stages 2 and 3.
             epochs = spec["epochs"]
-            stage_epochs = (epochs // 2, epochs // 4, epochs - epochs // 2 - epochs // 4)
+            stage_epochs = tuple(args.dmil_stage_epochs or (
+                max(1, epochs // 2), max(1, epochs // 4), max(1, epochs - epochs // 2 - epochs // 4)))
             print(f"{dataset}: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} rows; "
                   f"{epochs} epochs, DMIL stages {stage_epochs}", flush=True)
-            records += run_dataset(dataset, splits, spec, args.seeds, stage_epochs, workdir)
             settings[dataset] = {
-                "rows": {k: len(v) for k, v in splits.items()}, "epochs": epochs, "dmil_stage_epochs": stage_epochs,
-                "learning_rate": spec["learning_rate"], "dmil_stage_learning_rates": [spec["learning_rate"]] * 2 + [spec["learning_rate"] / 10],
-                "batch_size": spec["batch_size"], "hidden_size": spec["hidden_size"], "seconds": round(time.time() - started),
+                "rows": {k: len(v) for k, v in splits.items()},
+                **({"audio_pool": args.audio_pool} if dataset == "avmnist" else {"modalities": list(spec["modalities"])}),
+                "epochs": epochs, "dmil_stage_epochs": stage_epochs, "optimizer": "adamw_torch",
+                "learning_rate": spec["learning_rate"],
+                "dmil_stage_learning_rates": [spec["learning_rate"]] * 2 + [spec["learning_rate"] / 10],
+                "batch_size": spec["batch_size"], "hidden_size": spec["hidden_size"],
             }
+            for seed in args.seeds:  # results are written after every seed, so a cut-short run keeps what it has
+                records += run_dataset(dataset, splits, spec, [seed], stage_epochs, workdir)
+                settings[dataset]["seconds"] = round(time.time() - started)
+                write_results(records, settings, args, argv)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    output = Path(args.output)
-    if output.exists():  # keep the other datasets' figures from an earlier run
-        previous = json.loads(output.read_text())
-        records = [r for r in previous["per_seed"] if r["dataset"] not in args.datasets] + records
-        settings = {**{k: v for k, v in previous["settings"].items() if k not in args.datasets}, **settings}
-    rows = summarise(records)
+    rows = json.loads(Path(args.output).read_text())["rows"]
     for row in rows:
         print(f"{row['dataset']:8s} {row['model']:18s} {100 * row['accuracy_mean']:6.2f} ± {100 * row['accuracy_std']:.2f}"
-              f"  synergy {100 * row['synergy_mean']:.2f}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({
-        "rows": rows, "per_seed": records, "settings": settings,
-        "environment": {"torch": torch.__version__, "threads": args.threads, "machine": platform.machine()},
-        "commands": sorted({*previous_commands(output), "python benchmarks/dmil_results.py " + " ".join(argv if argv is not None else os.sys.argv[1:])}),
-    }, indent=2) + "\n")
-    print(f"wrote {output}")
+              f"  synergy {100 * row['synergy_mean']:.2f}  ({row['num_seeds']} seeds)")
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -104,8 +104,11 @@ class EmbeddingModel(torch.nn.Module):
 
 
 def build_embedding_bench(setting: str, method: str, device: str, precision: str, batch_size: int = BATCH_SIZE,
-                          compile: bool = False, **overrides) -> Bench:
-    num_modalities, hidden_size, num_tokens = EMBEDDING_SETTINGS[setting]
+                          compile: bool = False, hidden_size: int | None = None, num_tokens: int | None = None,
+                          **overrides) -> Bench:
+    """`hidden_size`/`num_tokens` override the setting's sizes (the operator count does not depend on them)."""
+    num_modalities, default_hidden_size, default_num_tokens = EMBEDDING_SETTINGS[setting]
+    hidden_size, num_tokens = hidden_size or default_hidden_size, num_tokens or default_num_tokens
     config = fusion_config(method, num_modalities, hidden_size, num_tokens, **overrides)
     model = EmbeddingModel(config).to(device)
     tokens = torch.randn(batch_size, num_modalities * num_tokens, hidden_size, device=device)
@@ -178,10 +181,11 @@ def build_bench(setting: str, method: str, device: str, precision: str, **kwargs
     return build_embedding_bench(setting, method, device, precision, **kwargs)
 
 
-def count_ops(setting: str, method: str) -> dict:
-    """ATen operators of one train step and one inference call (CPU, fp32), after a warm-up step
-    (the first Adam step allocates its state)."""
-    bench = build_bench(setting, method, "cpu", "fp32", batch_size=4)
+def count_ops(setting: str, method: str, **sizes) -> dict:
+    """ATen operators of one train step and one inference call (CPU, fp32, batch 4), after a warm-up
+    step (the first Adam step allocates its state). The count depends on the structure (modalities,
+    layers, method), not on the sizes; `sizes` (`hidden_size`, `num_tokens`) shrink the model for speed."""
+    bench = build_bench(setting, method, "cpu", "fp32", batch_size=4, **sizes)
     bench.train_step()
     bench.infer()
     return {"setting": setting, "method": method, "train_ops": count_aten_ops(bench.train_step),
@@ -245,6 +249,16 @@ def measure_in_subprocess(args: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def deviation_note(row: dict) -> str:
+    """Say where a row departs from the protocol (batch 64, >= 50 timed steps), as on a slow CPU."""
+    departures = []
+    if row["batch_size"] != BATCH_SIZE:
+        departures.append(f"batch {row['batch_size']} instead of {BATCH_SIZE}")
+    if row["steps"] < 50:
+        departures.append(f"median of {row['steps']} timed steps instead of >= 50")
+    return "; ".join(departures)
+
+
 def print_ratios(rows: list[dict]) -> None:
     by_key = {(row["setting"], row["precision"], row["method"]): row for row in rows}
     for (setting, precision, method), row in by_key.items():
@@ -296,8 +310,9 @@ def main(argv=None) -> None:
         if args.op_count_only:
             return
 
-    rows = []
     out_path = RESULTS / f"i2moe_step_time_{args.device}.json"
+    # Rows of earlier runs for other (setting, precision, method) are kept: settings can be run apart.
+    rows = json.loads(out_path.read_text()) if out_path.exists() else []
     for setting in args.settings:
         big = setting in BIG_SETTINGS
         steps = args.big_steps if big and args.big_steps else args.steps
@@ -312,8 +327,9 @@ def main(argv=None) -> None:
                 else:
                     row = measure(setting, precision, method, args.device, steps, warmup, args.compile, batch)
                 row.update(torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.processor()
-                           or platform.machine())
+                           or platform.machine(), note=deviation_note(row))
                 print(json.dumps(row), flush=True)
+                rows = [r for r in rows if (r["setting"], r["precision"], r["method"]) != (setting, precision, method)]
                 rows.append(row)
                 out_path.write_text(json.dumps(rows, indent=2) + "\n")  # partial results survive a kill
     print_ratios(rows)

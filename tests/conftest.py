@@ -12,6 +12,11 @@ from transformers import BertConfig
 from i2moe import I2MoEConfig, I2MoEFeaturesConfig
 
 
+# Under pytest-xdist every worker would otherwise start one BLAS thread per core: on a 2-core CI
+# machine with 2 workers that oversubscribes the cores and slows the small-tensor tests many-fold.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 # No test reaches the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -120,6 +120,18 @@ def test_eval_is_deterministic_and_training_samples():
     assert not torch.equal(model(**inputs).logits, model(**inputs).logits)
 
 
+def test_bf16_autocast_and_bf16_weights():
+    config = dmil_config(dmil_stage=3)
+    inputs, labels = make_inputs(config, batch_size=4), torch.tensor([0, 1, 2, 0])
+    model = I2MoEForClassification(config)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**inputs, labels=labels)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and model.interaction.gate.fc1.weight.grad is not None
+    out = I2MoEForClassification(config).to(torch.bfloat16)(**inputs, labels=labels)
+    assert torch.isfinite(out.loss) and out.gate_weights.shape == (4, 4)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="dmil_stage"):
         dmil_config(dmil_stage=4)
@@ -246,7 +258,7 @@ def test_xor_relies_on_synergy_and_beats_the_unimodal_ensemble(tmp_path):
     model = I2MoEForClassification(config)
     validation, test = _xor_dataset(256, seed=1), _xor_dataset(512, seed=2)
     metrics = run_dmil_schedule(
-        model, training_arguments(tmp_path, per_device_train_batch_size=32), _xor_dataset(1024, seed=0), validation,
+        model, training_arguments(tmp_path, per_device_train_batch_size=32), _xor_dataset(640, seed=0), validation,
         stages=(DMILStage(2, 1e-2), DMILStage(6, 1e-2), DMILStage(2, 1e-3)),
     )
     # Stage 1 trains each modality's head alone; its prediction is the unimodal ensemble, additive in
@@ -278,3 +290,18 @@ def test_synergy_metric_offline():
     assert result["unimodal_accuracy"] == [0.5, 0.0]
     with pytest.raises(ValueError, match="unimodal_predictions"):
         synergy.compute(predictions=[1, 0], references=[1, 0], unimodal_predictions=[[0], [0, 1]])
+
+
+def test_gate_weights_in_the_interpretation_api():
+    from i2moe.interpretation import interpret
+
+    config = dmil_config(dmil_stage=3)
+    model = I2MoEForClassification(config)
+    inputs = make_inputs(config, batch_size=6)
+    rows = [{key: value[i] for key, value in inputs.items()} | {"labels": torch.tensor(i % 3)} for i in range(6)]
+    result = interpret(model, rows, batch_size=4, progress=False)
+    assert result.component_names == ["uniqueness_m0", "uniqueness_m1", "redundancy", "synergy"]
+    np.testing.assert_allclose(result.weights.sum(1), 1.0, rtol=1e-5)
+    with torch.no_grad():
+        expected = model.eval()(**inputs).gate_weights.numpy()
+    np.testing.assert_allclose(result.weights, expected, rtol=1e-5, atol=1e-6)

@@ -89,3 +89,40 @@ def test_config_and_input_errors():
     tower = I2MoEEfficientNetLiteModel(I2MoEEfficientNetLiteConfig(stages=[[1, 3, 1, 1, 32, 8]], hidden_size=16))
     with pytest.raises(ValueError, match=r"expected shape \(batch, 3, height, width\)"):
         tower(pixel_values=torch.randn(2, 1, 32, 32))
+
+
+def test_model_with_the_tower_and_its_processor_load_as_remote_code_without_the_package(tmp_path):
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    from transformers import ViTImageProcessor
+
+    from i2moe import I2MoEConfig
+
+    tower = I2MoEEfficientNetLiteConfig(stages=[[1, 3, 2, 1, 32, 8]], hidden_size=16)
+    model = I2MoEForClassification(I2MoEConfig(modalities=[{"name": "image", "tower": tower}], hidden_size=16, num_labels=3)).eval()
+    processor = I2MoEProcessor({"image": ViTImageProcessor(size={"height": 32, "width": 32})})
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert (tmp_path / "towers_efficientnet_lite.py").exists()
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    image.save(tmp_path / "image.png")
+    with torch.no_grad():
+        expected = model(**processor(image=[str(tmp_path / "image.png")])).logits
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["i2moe"] = None  # the package is not importable
+        import torch
+        from transformers import AutoModel, AutoProcessor
+        model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
+        assert type(model.towers["image"]).__name__ == "I2MoEEfficientNetLiteModel"
+        with torch.no_grad():
+            print(model(**processor(image=[{str(tmp_path / "image.png")!r}])).logits.tolist())
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    torch.testing.assert_close(torch.tensor(json.loads(result.stdout.strip().splitlines()[-1])), expected, atol=1e-5, rtol=1e-4)

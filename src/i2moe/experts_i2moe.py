@@ -165,7 +165,9 @@ class I2MoEInteraction(nn.Module):
             outputs = self.experts(variants.view(1, -1, *tokens.shape[1:]))
             outputs = outputs.view(self.num_experts, self.num_modalities + 1, batch, -1)  # (K, V, B, C)
             clean = outputs[:, 0]
-            losses = self.interaction_loss_terms(outputs, present)
+            # In float32 even under autocast: squared distances of large fp16 logits overflow to inf (NaN loss).
+            with torch.autocast(tokens.device.type, enabled=False):
+                losses = self.interaction_loss_terms(outputs, present)
             interaction_loss = losses.mean()
             auxiliary_loss = self.lambda_int * interaction_loss
             extra["interaction_loss"] = interaction_loss

@@ -97,12 +97,14 @@ class StackedLinear(nn.Module):
 
 
 class StackedMLPHead(nn.Module):
-    """`Linear -> ReLU -> Dropout -> Linear` per stack: the prediction head of concat and LRTF."""
+    """`Linear -> ReLU -> Dropout -> Linear` per stack: the prediction head of concat and LRTF (and
+    DMIL's decoders and gate, which pass their own `StackedLinear` subclass as `linear`)."""
 
-    def __init__(self, num_stacks: int, in_features: int, hidden_size: int, num_labels: int, dropout: float):
+    def __init__(self, num_stacks: int, in_features: int, hidden_size: int, num_labels: int, dropout: float,
+                 linear: type[StackedLinear] = StackedLinear):
         super().__init__()
-        self.fc1 = StackedLinear(num_stacks, in_features, hidden_size)
-        self.fc2 = StackedLinear(num_stacks, hidden_size, num_labels)
+        self.fc1 = linear(num_stacks, in_features, hidden_size)
+        self.fc2 = linear(num_stacks, hidden_size, num_labels)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,6 +188,11 @@ def interpret(model, data, batch_size: int = 32, collate_fn=None, progress: bool
         batches = tqdm(loader, desc="interpret", disable=not progress)
         with torch.no_grad():
             for batch in batches:
+                if not isinstance(batch, Mapping):
+                    raise TypeError(
+                        f"interpret: batches must be dicts of model inputs (e.g. 'image_pixel_values', 'labels'), "
+                        f"got {type(batch).__name__}; pass a `collate_fn` that returns a dict"
+                    )
                 batch = dict(batch)
                 labels = batch.pop("labels", None)
                 inputs = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}

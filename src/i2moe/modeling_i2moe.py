@@ -9,6 +9,9 @@ The path of one batch, in `I2MoEForClassification.forward`:
    Result: tokens `(B, T, d)`, T = sum of the modalities' token counts, in config order.
 2. `self.interaction(tokens)`: the interaction part chosen by `config.method` (`"vanilla"`: one
    fusion backbone) returns logits and any auxiliary loss and interpretation outputs.
+   With `config.i2m2_heads` (`_predict`), one unimodal head per modality (on the same tokens, or
+   on its own towers' tokens) joins the interaction part in a product of experts
+   (`combine_i2m2`); a missing modality's head drops out of its row's product.
 3. The task loss for `config.problem_type`, plus the interaction part's auxiliary loss.
 
 This file travels with saved models as Hub remote code: it imports only its sibling files.
@@ -66,7 +69,8 @@ class I2MoEOutput(ModelOutput):
             `L_int` (before `lambda_int`); DMIL: the sum of its auxiliary terms.
         loss_terms (`dict[str, torch.FloatTensor]`): every loss term by name (for logging).
         unimodal_logits (`torch.FloatTensor` of shape `(batch_size, num_modalities, num_labels)`):
-            I2M2: each modality's unimodal head.
+            I2M2: each modality's unimodal head (zeros where the modality is missing: that head
+            is not part of the row's product).
         component_logits (`torch.FloatTensor` of shape `(batch_size, num_components, num_labels)`):
             DMIL: the head of each component (uniqueness per modality, redundancy, synergy).
         gate_weights (`torch.FloatTensor` of shape `(batch_size, num_components)`): DMIL: the gate.
@@ -469,7 +473,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
             null = encoder.null_tokens[self.layout.token_slice(index)].expand(batch_size, -1, -1)
             rows = present[:, index]
             if name not in routed or not rows.any():
-                chunks.append(self._with_idle_modality_parameters(name, null))
+                chunks.append(_with_idle_modality_parameters(encoder, name, null, self.training))
             elif rows.all():
                 # `where` rather than a plain return keeps the null tokens in the graph, so every
                 # parameter gets a gradient each step (DDP requires that).
@@ -482,29 +486,6 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
                 encoded = self._encode(name, subset, encoder)
                 chunks.append(null.index_copy(0, indices, encoded.to(null.dtype)))
         return torch.cat(chunks, dim=1)
-
-    def _with_idle_modality_parameters(self, name: str, null: torch.Tensor) -> torch.Tensor:
-        """`null` (the tokens of modality `name`, missing from the whole batch), tied to the
-        modality's trainable tower and projection parameters by a zero-weighted term.
-
-        DDP (without `find_unused_parameters=True`) needs a gradient for every trainable parameter
-        in every step of every process; a tower skipped because its modality is missing from this
-        process's batch would get none, and the step after fails. The zero-weighted term gives
-        those parameters an exact zero gradient (summed with the other processes' real ones) while
-        reading one element per parameter, instead of running the tower on placeholder data.
-        """
-        if not (self.training and torch.is_grad_enabled()):
-            return null
-        idle = [
-            parameter
-            for module in (self.towers[name], self.projections[name])
-            for parameter in module.parameters()
-            if parameter.requires_grad
-        ]
-        if not idle:
-            return null
-        anchor = torch.cat([parameter.reshape(-1)[:1] for parameter in idle]).sum() * 0.0
-        return null + anchor.to(null.dtype)
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss for `config.problem_type` (inferred from `num_labels` and the labels if unset)."""
@@ -662,6 +643,30 @@ def _check_loaded_modalities(config: I2MoEConfig, loading_info: dict) -> None:
             f"the checkpoint's weights do not match the config's modalities {list(config.modality_names)}: "
             f"no weights for {missing}, unused weights of {unexpected}; load it with the config it was saved with"
         )
+
+
+def _with_idle_modality_parameters(encoder: nn.Module, name: str, null: torch.Tensor, training: bool) -> torch.Tensor:
+    """`null` (the tokens of modality `name`, missing from the whole batch), tied to the
+    modality's trainable tower and projection parameters in `encoder` by a zero-weighted term.
+
+    DDP (without `find_unused_parameters=True`) needs a gradient for every trainable parameter
+    in every step of every process; a tower skipped because its modality is missing from this
+    process's batch would get none, and the step after fails. The zero-weighted term gives
+    those parameters an exact zero gradient (summed with the other processes' real ones) while
+    reading one element per parameter, instead of running the tower on placeholder data.
+    """
+    if not (training and torch.is_grad_enabled()):
+        return null
+    idle = [
+        parameter
+        for module in (encoder.towers[name], encoder.projections[name])
+        for parameter in module.parameters()
+        if parameter.requires_grad
+    ]
+    if not idle:
+        return null
+    anchor = torch.cat([parameter.reshape(-1)[:1] for parameter in idle]).sum() * 0.0
+    return null + anchor.to(null.dtype)
 
 
 def _build_tower(config) -> PreTrainedModel:

@@ -1,4 +1,5 @@
-"""Train every interaction method for a few steps with `Trainer`, alone or under a launcher.
+"""Train every interaction method, with and without the I2M2 heads, for a few steps with
+`Trainer`, alone or under a launcher.
 
     python tests/distributed/train_methods.py OUT                          # one process, batch 8
     torchrun --nproc_per_node 2 tests/distributed/train_methods.py OUT     # two CPU processes (gloo), 4 each
@@ -11,9 +12,15 @@ lacks a modality while the other's has it (rows 0-3 lack m1, rows 12-15 lack m0)
 batch lacks m2 everywhere (rows 16-23). DDP runs with `find_unused_parameters=False`: it fails if
 a skipped tower leaves any parameter without a gradient.
 
-Each process writes, per method, `OUT/{method}.{tag}.safetensors` (the trained weights) and
-`OUT/{method}.{tag}.json` (training loss, the modalities its batches lacked entirely, whether the
-method samples noise in training), with tag `single` or `rank{r}`. `tests/test_distributed.py`
+The variants (`variants()`): every method of `INTERACTIONS`, each with and without the I2M2
+unimodal heads (shared towers, and once with separate unimodal towers), DMIL in each of its three
+stages as its schedule sets them up (`apply_dmil_stage`, which freezes what a stage does not train),
+and I2MoE with its noise-free `null` perturbation and no interaction loss (so that its runs can be
+compared exactly; see `variants`).
+
+Each process writes, per variant, `OUT/{variant}.{tag}.safetensors` (the trained weights) and
+`OUT/{variant}.{tag}.json` (training loss, the modalities its batches lacked entirely, whether the
+variant samples noise in training), with tag `single` or `rank{r}`. `tests/test_distributed.py`
 compares them.
 """
 
@@ -31,6 +38,7 @@ from safetensors.torch import save_file
 from transformers import Trainer, TrainingArguments
 
 from i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification
+from i2moe.dmil_training import apply_dmil_stage
 from i2moe.modeling_i2moe import INTERACTIONS
 
 
@@ -39,7 +47,36 @@ GLOBAL_BATCH = 8
 NUM_ROWS = 32
 
 
-def build_config(method: str) -> I2MoEConfig:
+def variants() -> dict[str, dict]:
+    """Variant name -> `I2MoEConfig` overrides (plus `dmil_stage`, applied with `apply_dmil_stage`)."""
+    found = {}
+    for method in sorted(INTERACTIONS):
+        stages = (1, 2, 3) if method == "dmil" else (None,)
+        for stage in stages:
+            name = method if stage is None else f"{method}-stage{stage}"
+            settings = {"method": method} if stage is None else {"method": method, "dmil_stage": stage}
+            found[name] = settings
+            found[f"{name}+i2m2"] = {**settings, "i2m2_heads": True}
+    found["vanilla+i2m2-separate"] = {"method": "vanilla", "i2m2_heads": True, "i2m2_separate_towers": True}
+    if "i2moe" in INTERACTIONS:
+        # Comparable across process counts: the null-token perturbation draws no noise, and without
+        # the interaction loss, which averages over the (modality, row) pairs present in each
+        # process's batch: DDP then averages per-process means, which weight pairs differently from
+        # one process's mean over the global batch when processes see different missingness.
+        found["i2moe-null-lambda0"] = {"method": "i2moe", "i2moe_perturbation": "null", "i2moe_lambda_int": 0.0}
+    return found
+
+
+def build_model(variant: str) -> I2MoEForClassification:
+    settings = dict(variants()[variant])
+    stage = settings.pop("dmil_stage", None)
+    model = I2MoEForClassification(build_config(**settings))
+    if stage is not None:
+        apply_dmil_stage(model, stage)
+    return model
+
+
+def build_config(method: str, **overrides) -> I2MoEConfig:
     """Three feature modalities, no dropout anywhere (the runs must be comparable)."""
     modalities = [
         {"name": f"m{index}", "tower": I2MoEFeaturesConfig(input_size=size, hidden_size=16, num_hidden_layers=1,
@@ -47,7 +84,8 @@ def build_config(method: str) -> I2MoEConfig:
         for index, size in enumerate(FEATURE_SIZES)
     ]
     return I2MoEConfig(modalities=modalities, method=method, hidden_size=16, fusion="transformer", fusion_num_layers=1,
-                       fusion_num_heads=2, fusion_hidden_size=16, num_labels=3, dropout=0.0)
+                       fusion_num_heads=2, fusion_hidden_size=16, num_labels=3, dropout=0.0,
+                       i2moe_reweight_dropout=0.0, i2moe_reweight_hidden_size=16, dmil_latent_size=8, **overrides)
 
 
 def build_dataset() -> Dataset:
@@ -76,9 +114,9 @@ def samples_noise_in_training(model: I2MoEForClassification, dataset: Dataset) -
     return not torch.equal(*losses)
 
 
-def train(method: str, output_dir: Path, world_size: int) -> None:
+def train(variant: str, output_dir: Path, world_size: int) -> None:
     torch.manual_seed(0)
-    model = I2MoEForClassification(build_config(method))
+    model = build_model(variant)
     dataset = build_dataset()
     stochastic = samples_noise_in_training(model, dataset)
     absent = []  # per step: the modalities missing from this process's whole batch
@@ -89,7 +127,7 @@ def train(method: str, output_dir: Path, world_size: int) -> None:
 
     model.register_forward_pre_hook(record_absent, with_kwargs=True)
     args = TrainingArguments(
-        output_dir=str(output_dir / "trainer" / method), per_device_train_batch_size=GLOBAL_BATCH // world_size,
+        output_dir=str(output_dir / "trainer" / variant), per_device_train_batch_size=GLOBAL_BATCH // world_size,
         num_train_epochs=2, learning_rate=0.1, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0,
         train_sampling_strategy="sequential", use_cpu=True, ddp_backend="gloo" if world_size > 1 else None,
         ddp_find_unused_parameters=False, remove_unused_columns=False, save_strategy="no", report_to=[],
@@ -100,22 +138,55 @@ def train(method: str, output_dir: Path, world_size: int) -> None:
     rank = int(os.environ.get("RANK", 0))
     tag = f"rank{rank}" if world_size > 1 else "single"
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(output_dir / f"{method}.{tag}.safetensors"))
+    save_file(state, str(output_dir / f"{variant}.{tag}.safetensors"))
     report = {"training_loss": result.training_loss, "absent": absent, "stochastic": stochastic,
               "world_size": trainer.args.world_size}
-    (output_dir / f"{method}.{tag}.json").write_text(json.dumps(report))
+    (output_dir / f"{variant}.{tag}.json").write_text(json.dumps(report))
+
+
+def train_fsdp_root_unit(output_dir: Path, world_size: int) -> None:
+    """The vanilla model under FSDP2 (`fully_shard`) as one unit, the way docs/distributed.md
+    advises (towers not wrapped on their own), with the same batches; a plain SGD loop, since
+    `Trainer` + FSDP needs a GPU. Alone (one process) the same loop runs unsharded. Writes
+    `OUT/fsdp.{tag}.safetensors` (full weights) and `.json` (losses)."""
+    torch.manual_seed(0)
+    model = build_model("vanilla").train()
+    if world_size > 1:
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    dataset = build_dataset()
+    rank, per_process = int(os.environ.get("RANK", 0)), GLOBAL_BATCH // world_size
+    losses = []
+    for step in range(2 * NUM_ROWS // GLOBAL_BATCH):  # two epochs, as with Trainer
+        start = (step * GLOBAL_BATCH) % NUM_ROWS + rank * per_process
+        loss = model(**dataset[start:start + per_process]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    # `full_tensor` gathers a sharded parameter (a collective: every process calls it).
+    state = {name: (value.full_tensor() if hasattr(value, "full_tensor") else value).detach().contiguous()
+             for name, value in model.state_dict().items()}
+    tag = f"rank{rank}" if world_size > 1 else "single"
+    save_file(state, str(output_dir / f"fsdp.{tag}.safetensors"))
+    (output_dir / f"fsdp.{tag}.json").write_text(json.dumps({"losses": losses, "world_size": world_size}))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", type=Path)
-    parser.add_argument("--methods", nargs="*", default=sorted(INTERACTIONS))
+    parser.add_argument("--variants", nargs="*", default=list(variants()))
+    parser.add_argument("--fsdp", action="store_true", help="also train the vanilla model under FSDP2 (one unit)")
     args = parser.parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    for method in args.methods:
-        train(method, args.output_dir, world_size)
+    for variant in args.variants:
+        train(variant, args.output_dir, world_size)
+    if args.fsdp:
+        train_fsdp_root_unit(args.output_dir, world_size)
 
 
 if __name__ == "__main__":
