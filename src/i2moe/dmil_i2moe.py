@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from .fusion_i2moe import InteractionOutput, ModalityMean, StackedLinear, TokenLayout
+from .fusion_i2moe import InteractionOutput, ModalityMean, StackedLinear, StackedMLPHead, TokenLayout
 
 
 def gaussian_kl_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,9 @@ class DMILIntraModality(nn.Module):
         hidden, latent = config.hidden_size, config.dmil_latent_size
         self.task_vib = StackedVIB(num_modalities, hidden, latent)
         self.inter_vib = StackedVIB(num_modalities, hidden, latent)
-        self.decoder = StackedMLPHead(num_modalities, 2 * latent, max(hidden // 2, 1), hidden, config.dropout, linear=DMILLinear)
+        self.decoder = StackedMLPHead(
+            num_modalities, 2 * latent, max(hidden // 2, 1), hidden, config.dropout, linear=DMILLinear
+        )
         self.head = DMILLinear(num_modalities, latent, config.num_labels)
 
     def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -159,7 +161,9 @@ class DMILSynergy(nn.Module):
         pairs = list(itertools.combinations(range(num_modalities), 2))
         self.register_buffer("pair_left", torch.tensor([i for i, _ in pairs], dtype=torch.long), persistent=False)
         self.register_buffer("pair_right", torch.tensor([j for _, j in pairs], dtype=torch.long), persistent=False)
-        self.mlp = StackedMLP(1, (num_modalities + len(pairs)) * latent, config.hidden_size, latent, config.dropout)
+        self.mlp = StackedMLPHead(
+            1, (num_modalities + len(pairs)) * latent, config.hidden_size, latent, config.dropout, linear=DMILLinear
+        )
 
     def forward(self, inter: torch.Tensor) -> torch.Tensor:
         """`inter` (M, B, L) -> S (B, L)."""
@@ -218,7 +222,9 @@ class DMILInteraction(nn.Module):
         self.synergy = DMILSynergy(config, num_modalities)
         num_components = len(self.component_names)
         self.component_heads = DMILLinear(num_components, latent, config.num_labels)
-        self.gate = StackedMLPHead(1, num_components * latent, config.hidden_size, num_components, config.dropout, linear=DMILLinear)
+        self.gate = StackedMLPHead(
+            1, num_components * latent, config.hidden_size, num_components, config.dropout, linear=DMILLinear
+        )
 
     @property
     def component_names(self) -> list[str]:
