@@ -212,12 +212,12 @@ class I2MoEInteraction(nn.Module):
         squared norm serve both the triplet distances and the cosines.
         """
         num_experts, num_variants, batch, num_labels = outputs.shape
-        outputs = outputs.float()
+        outputs = outputs.to(torch.promote_types(outputs.dtype, torch.float32))  # fp16/bf16 -> fp32, fp64 kept
         if self.regression:
             halves = outputs
         else:
             norms = torch.linalg.vector_norm(outputs, dim=-1, keepdim=True)
-            halves = torch.cat([outputs, outputs / (norms + 1e-8)], dim=2)  # (K, V, H·B, C)
+            halves = torch.cat([outputs, outputs / norms.clamp_min(1e-8)], dim=2)  # (K, V, H·B, C)
         # Every perturbed variant minus the clean one, all experts, one matmul: (K, M, H·B·C).
         differences = torch.matmul(self.difference_matrix, halves.view(num_experts, num_variants, -1))
         squared = differences.view(num_experts, self.num_modalities, -1, num_labels).square().sum(-1)  # (K, M, H·B)
@@ -232,7 +232,7 @@ class I2MoEInteraction(nn.Module):
         """`(K, M, B)` weights of each expert's mean over (perturbed modality j, row b): a pair
         counts where modality j is present in the row and, for uniqueness expert i, modality i
         too (its negative); uniqueness expert i skips j = i. Rows of weights sum to 1."""
-        present_t = present.T.to(torch.float32)  # (M, B)
+        present_t = present.T.to(self.own_select.dtype)  # (M, B)
         own = torch.addmm(self.own_offset, self.own_select, present_t)  # (K, B): modality i, or 1
         pairs = self.pair_weights * own[:, None] * present_t
         return pairs / pairs.sum((1, 2), keepdim=True).clamp_min(1.0)
