@@ -148,6 +148,19 @@ def test_frozen_tower_gets_no_gradient_and_stays_in_eval_mode():
     torch.testing.assert_close(model.towers["image"].blocks[0][1].running_mean, stats)
 
 
+def test_frozen_tower_stays_frozen_after_loading(tmp_path):
+    config = I2MoEConfig(
+        modalities=[{"name": "image", "tower": I2MoELeNetConfig(base_channels=3, num_additional_layers=2), "freeze": True},
+                    {"name": "tab", "tower": I2MoEFeaturesConfig(input_size=3)}],
+        hidden_size=16, num_labels=2,
+    )
+    I2MoEForClassification(config).save_pretrained(tmp_path)
+    loaded = I2MoEForClassification.from_pretrained(tmp_path).train()
+    assert not any(p.requires_grad for p in loaded.towers["image"].parameters())
+    assert all(p.requires_grad for p in loaded.towers["tab"].parameters())
+    assert not loaded.towers["image"].training
+
+
 def test_pretrained_towers_are_bit_identical_after_building(tmp_path):
     vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                              image_size=32, patch_size=8))

@@ -390,7 +390,16 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
                 "truncated or corrupt: download or save it again"
             ) from error
         _check_loaded_modalities(model.config, loading_info)
+        model._refreeze_towers()
         return (model, loading_info) if return_loading_info else model
+
+    def _refreeze_towers(self) -> None:
+        """Loading replaces the parameters, and new ones require gradients: freeze again what the
+        config freezes, or fine-tuning a loaded model would silently train its frozen towers."""
+        tower_sets = [self.towers] + ([self.i2m2.towers] if self.i2m2 is not None and self.i2m2.separate_towers else [])
+        for modality in self.config.modalities:
+            for towers in tower_sets:
+                _set_trainable(towers[modality.name], modality)
 
     def train(self, mode: bool = True) -> "I2MoEForClassification":
         super().train(mode)
