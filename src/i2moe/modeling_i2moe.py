@@ -297,7 +297,11 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
                 )
             )
         model = cls(I2MoEConfig(modalities=modalities, **config_kwargs), towers=loaded)
-        new_weights = [name for name, _ in model.named_parameters() if not name.startswith("towers.")]
+        pretrained = ("towers.",)
+        if model.i2m2 is not None and model.i2m2.separate_towers:  # copies of the given towers
+            overrides = model.config.i2m2_tower_overrides or {}
+            pretrained += tuple(f"i2m2.towers.{name}." for name in loaded if name not in overrides)
+        new_weights = [name for name, _ in model.named_parameters() if not name.startswith(pretrained)]
         logger.warning(
             f"The towers {list(towers)} keep their pretrained weights; these weights are newly initialized "
             f"and need training: {new_weights}"
