@@ -457,10 +457,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
             inter = self.interaction(shared_tokens, present=present, null_tokens=self.null_tokens, labels=labels)
         unimodal_tokens = self._embed(routed, present, self.i2m2) if self.i2m2.separate_towers else shared_tokens
         unimodal_logits = self.i2m2(unimodal_tokens)
-        problem_type = self.config.problem_type or (
-            _infer_problem_type(self.config.num_labels, labels) if labels is not None
-            else "regression" if self.config.num_labels == 1 else "single_label_classification"
-        )
+        problem_type = self.config.problem_type or _infer_problem_type(self.config.num_labels, labels)
         logits = combine_i2m2(unimodal_logits, present, None if inter is None else inter.logits, problem_type)
         extra_outputs = dict(inter.extra_outputs) if inter is not None else {}
         # A missing modality's head is reported as zeros: it is not part of the product.
@@ -773,10 +770,11 @@ def _check_finite_labels(labels: torch.Tensor) -> None:
         raise ValueError(f"labels: rows {rows} hold NaN or inf targets; drop or fix them (the loss would be NaN)")
 
 
-def _infer_problem_type(num_labels: int, labels: torch.Tensor) -> str:
+def _infer_problem_type(num_labels: int, labels: torch.Tensor | None) -> str:
+    """transformers' rule; without labels (inference) a classifier is taken as single-label."""
     if num_labels == 1:
         return "regression"
-    if labels.dim() == 1 and not labels.is_floating_point():
+    if labels is None or (labels.dim() == 1 and not labels.is_floating_point()):
         return "single_label_classification"
     return "multi_label_classification"
 
