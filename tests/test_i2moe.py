@@ -12,7 +12,7 @@ from conftest import make_config, make_inputs
 from i2moe import FUSION_BACKBONES, I2MoEForClassification, build_fusion
 from i2moe.experts_i2moe import PERTURBATIONS, I2MoEInteraction
 from i2moe.fusion_i2moe import TokenLayout
-from i2moe.interpretation import interpret
+from i2moe.synthetic import dominant_by_quadrant, interpret_synthetic, train_synthetic
 
 
 def initialised(module: torch.nn.Module) -> torch.nn.Module:
@@ -290,56 +290,34 @@ def test_config_validation(overrides, message):
         make_config(method="i2moe", **overrides)
 
 
-def _train_synthetic(label_fn, steps, lr, perturbation, seed=0):
-    """A tiny I2MoE (concat fusion) on two 4-d modalities; returns the dataset-level dominant type
-    (largest mean expert weight on held-out data) and the accuracy."""
+def _synthetic_summary(task, steps, lr, perturbation, seed=0):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only add overhead (and the suite runs in parallel)
     try:
-        torch.manual_seed(seed)
-        config = make_config("concat", feature_sizes=(4, 4), method="i2moe", num_labels=2, i2moe_lambda_int=0.5,
-                             i2moe_reweight_dropout=0.0, i2moe_perturbation=perturbation)
-        model = I2MoEForClassification(config)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-
-        def batch(size):
-            a, b = torch.randn(size, 4), torch.randn(size, 4)
-            return {"m0_features": a, "m1_features": b}, label_fn(a, b)
-
-        model.train()
-        for _ in range(steps):
-            inputs, labels = batch(64)
-            model(**inputs, labels=labels).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        result = interpret(model, [dict(zip(("m0_features", "m1_features"), pair)) for pair in zip(*batch(512)[0].values())],
-                           batch_size=256, progress=False)
+        model = train_synthetic(task, steps=steps, lr=lr, seed=seed, i2moe_perturbation=perturbation)
+        return interpret_synthetic(model, task).summary()
     finally:
         torch.set_num_threads(threads)
-    inputs, labels = batch(512)
-    with torch.no_grad():
-        accuracy = (model.eval()(**inputs).logits.argmax(-1) == labels).float().mean().item()
-    return result.summary()["dominant_type"], result.summary()["overall"]["mean_weight"], accuracy
 
 
 def test_label_from_one_modality_favours_its_uniqueness_expert():
-    dominant, weights, accuracy = _train_synthetic(lambda a, b: (a[:, 0] > 0).long(), steps=100, lr=1e-2,
-                                                   perturbation="noise")
-    assert accuracy > 0.9
-    assert dominant == "uniqueness_m0", weights
+    summary = _synthetic_summary("uniqueness", steps=100, lr=1e-2, perturbation="noise")
+    assert summary["accuracy"] > 0.9
+    assert summary["dominant_type"] == "uniqueness_a", summary["overall"]["mean_weight"]
+    assert summary["component_accuracy"]["uniqueness_a"] > 0.9  # it predicts by itself, not by routing
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Not reliable: with the method as specified (task loss on the mixture only), synergy dominates on XOR "
-    "for 2 of 5 seeds with batch-mean perturbation and the outcome flips with any change to the RNG stream; "
-    "see docs/i2moe.md, 'What the weights mean'.",
-)
-def test_xor_label_favours_synergy():
-    """Seed-sensitive (see docs/i2moe.md, "What the weights mean"): with batch-mean perturbation the
-    synergy expert dominates for most seeds; noise perturbation of such low-dimensional embeddings
-    lets experts satisfy their losses by detecting the noise."""
-    dominant, weights, accuracy = _train_synthetic(lambda a, b: ((a[:, 0] > 0) ^ (b[:, 0] > 0)).long(), steps=300,
-                                                   lr=3e-3, perturbation="mean")
-    assert accuracy > 0.9
-    assert dominant == "synergy", weights
+def test_xor_label_is_learned_by_routing_not_by_the_synergy_expert():
+    """What the method as specified does on XOR (14 of 15 runs at λ_int 0.5 in
+    `benchmarks/i2moe_synthetic_interactions.py`; docs/i2moe.md, "What the weights mean"): the model
+    learns it, no expert does on its own, and the reweighting model sends each sign quadrant to a
+    different expert with a near-one weight. So the synergy weight is not the largest; if a change
+    to the method makes this fail, the docs' account of the weights needs revisiting too."""
+    model = train_synthetic("synergy", steps=300, lr=3e-3, seed=0)
+    result = interpret_synthetic(model, "synergy")
+    summary = result.summary()
+    assert summary["accuracy"] > 0.9
+    assert max(summary["component_accuracy"].values()) < 0.75, summary["component_accuracy"]
+    assert result.weights.max(-1).mean() > 0.8  # hard routing
+    routed_to = dominant_by_quadrant(result, "synergy")
+    assert len(set(routed_to.values())) >= 2, routed_to

@@ -91,6 +91,27 @@ def test_summary_overall_and_per_class():
         result.summary(by="cluster")
 
 
+def test_summary_reports_each_component_accuracy_beside_the_model():
+    """A routing mixture: the weights pick, per sample, the one component that is right there, so
+    the model is always right while each component alone is right half the time."""
+    labels = np.array([0, 1, 1, 0])
+    component_logits = np.zeros((4, 4, 2))
+    component_logits[:, 0] = [[1, 0], [0, 1], [1, 0], [0, 1]]  # right on samples 0 and 1
+    component_logits[:, 1] = [[0, 1], [1, 0], [0, 1], [1, 0]]  # right on samples 2 and 3
+    weights = np.array([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 1.0, 0, 0]])
+    logits = (weights[:, :, None] * component_logits).sum(1)
+    result = InterpretationResult(["uniqueness_a", "uniqueness_b", "synergy", "redundancy"], weights,
+                                  component_logits, logits, labels, ["no", "yes"])
+    summary = result.summary()
+    assert summary["accuracy"] == 1.0
+    assert summary["component_accuracy"] == {"uniqueness_a": 0.5, "uniqueness_b": 0.5, "synergy": 0.5,
+                                             "redundancy": 0.5}  # zero logits: argmax is class 0
+    # Regression or multi-label targets have no accuracy to report.
+    multi_hot = InterpretationResult(result.component_names, weights, component_logits, logits,
+                                     np.eye(2)[labels], ["no", "yes"])
+    assert "component_accuracy" not in multi_hot.summary()
+
+
 def test_json_and_csv_exports(model, tmp_path):
     result = interpret(model, make_data(), batch_size=4, progress=False)
     result.to_json(tmp_path / "interp.json")

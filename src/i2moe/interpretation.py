@@ -7,8 +7,15 @@ components come from `model.interaction.component_names`.
 - Sample level: each sample's weights `w` (K values summing to 1) and per-class contributions
   `w_k · y_k` (their sum over k is the sample's logits).
 - Dataset level (`InterpretationResult.summary`): the distribution of each weight over the data
-  (mean, std, quartiles), overall and per class, the share of samples each type dominates, and
-  the type with the largest mean weight.
+  (mean, std, quartiles), overall and per class, the share of samples each type dominates, the
+  type with the largest mean weight and, with single-label labels, each component's accuracy on
+  its own beside the model's.
+
+Read a large weight as "the model leans on this component", not yet as "the data has this
+interaction": the reweighting model sees every modality, so it can route samples between
+components (and the components can cancel each other's logits), which lets a mixture of
+components that are each at chance solve a task none of them solves alone. A component that
+carries a prediction is accurate on its own; `component_accuracy` shows which ones are.
 
 Example:
 
@@ -105,13 +112,16 @@ class InterpretationResult:
         `quantiles` 0/25/50/75/100) and `share_dominant` (fraction of samples where it has the
         largest weight), `overall` and `per_class` (grouped by true class with `by="label"`,
         single-label data only, or by predicted class with `by="prediction"`), and `dominant_type`,
-        the type with the largest mean weight overall and per class."""
+        the type with the largest mean weight overall and per class. With single-label class
+        labels, also `accuracy` (the model's) and `component_accuracy` (each component's own
+        logits, argmax): a component with a large weight but chance accuracy is being routed
+        to or cancelled by the others, not predicting by itself."""
         if by not in ("label", "prediction"):
             raise ValueError(f"`by` must be 'label' or 'prediction', got {by!r}")
         groups = self._class_groups(by)
         overall = self._describe(np.ones(len(self.weights), dtype=bool))
         per_class = {name: self._describe(rows) for name, rows in groups.items() if rows.any()}
-        return {
+        summary = {
             "component_names": list(self.component_names),
             "num_samples": int(len(self.weights)),
             "grouped_by": by if groups else None,
@@ -120,6 +130,11 @@ class InterpretationResult:
             "per_class": per_class,
             "dominant_type_per_class": {name: _argmax_name(stats["mean_weight"]) for name, stats in per_class.items()},
         }
+        if self._has_class_labels():
+            summary["accuracy"] = float((self.predictions == self.labels).mean())
+            component_hits = self.component_logits.argmax(-1) == self.labels[:, None]
+            summary["component_accuracy"] = dict(zip(self.component_names, component_hits.mean(0).tolist()))
+        return summary
 
     def to_json(self, path: str | Path, by: str = "label") -> None:
         """Write the dataset-level summary and the sample-level records as one JSON file."""
@@ -143,7 +158,7 @@ class InterpretationResult:
 
     def _class_groups(self, by: str) -> dict[str, np.ndarray]:
         if by == "label":
-            if self.labels is None or self.labels.ndim != 1 or np.issubdtype(self.labels.dtype, np.floating):
+            if not self._has_class_labels():
                 return {}  # no labels, multi-label or regression: no class grouping by label
             classes = self.labels
         else:
@@ -151,6 +166,10 @@ class InterpretationResult:
                 return {}
             classes = self.predictions
         return {name: classes == index for index, name in enumerate(self.class_names)}
+
+    def _has_class_labels(self) -> bool:
+        """Single-label class indices (not absent, multi-hot or regression targets)."""
+        return self.labels is not None and self.labels.ndim == 1 and not np.issubdtype(self.labels.dtype, np.floating)
 
     def _describe(self, rows: np.ndarray) -> dict:
         weights = self.weights[rows]
