@@ -1,7 +1,12 @@
-"""Train a tiny I2MoE on synthetic data whose label depends on modality `a` only, then interpret it.
+"""Train tiny I2MoE models on the synthetic tasks of `i2moe.synthetic` and interpret them.
 
-Writes `docs/images/i2moe_weights_synthetic.png` and `docs/images/i2moe_contributions_synthetic.png`
-and prints the dataset-level summary (seconds on a CPU):
+- label = sign of `a[0]` (only modality `a` matters): the uniqueness expert of `a` carries the
+  weight and is accurate on its own;
+- label = XOR of the signs of `a[0]` and `b[0]` (synergy): the model learns it, but by routing
+  samples between experts that are each at chance (docs/i2moe.md, "What the weights mean").
+
+Writes `docs/images/i2moe_weights_synthetic.png`, `docs/images/i2moe_contributions_synthetic.png`
+and `docs/images/i2moe_contributions_xor.png` and prints each dataset-level summary (seconds on a CPU):
 
     python examples/i2moe_interpretation_synthetic.py
 """
@@ -11,24 +16,38 @@ from pathlib import Path
 import torch
 
 from i2moe.plots import plot_sample_contributions, plot_weight_distributions
-from i2moe.synthetic import interpret_synthetic, train_synthetic
+from i2moe.synthetic import dominant_by_quadrant, interpret_synthetic, train_synthetic
 
 
-ROOT = Path(__file__).resolve().parents[1]
+IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+LABELS = {"id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
+
+
+def report(task: str, result) -> None:
+    summary = result.summary()
+    weights = {name: round(value, 3) for name, value in summary["overall"]["mean_weight"].items()}
+    alone = {name: round(value, 3) for name, value in summary["component_accuracy"].items()}
+    print(f"[{task}] dominant type {summary['dominant_type']}, mean weights {weights}")
+    print(f"[{task}] accuracy {summary['accuracy']:.3f}; each expert alone {alone}")
+    print(f"[{task}] dominant expert per sign quadrant of (a[0], b[0]): {dominant_by_quadrant(result, task)}")
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    model = train_synthetic("uniqueness", steps=100, lr=1e-2, seed=0,
-                            id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    IMAGES.mkdir(parents=True, exist_ok=True)
+
+    model = train_synthetic("uniqueness", steps=100, lr=1e-2, seed=0, **LABELS)
     result = interpret_synthetic(model, "uniqueness", size=400)
-    summary = result.summary()
-    print("dominant interaction type:", summary["dominant_type"], summary["overall"]["mean_weight"])
-    print("accuracy:", summary["accuracy"], "each expert alone:", summary["component_accuracy"])
-    (ROOT / "docs" / "images").mkdir(parents=True, exist_ok=True)
-    plot_weight_distributions(result, by_class=True, path=ROOT / "docs" / "images" / "i2moe_weights_synthetic.png",
+    report("uniqueness", result)
+    plot_weight_distributions(result, by_class=True, path=IMAGES / "i2moe_weights_synthetic.png",
                               title="Label = sign(a[0]): weight distribution per class")
-    plot_sample_contributions(result, indices=range(12), path=ROOT / "docs" / "images" / "i2moe_contributions_synthetic.png")
+    plot_sample_contributions(result, indices=range(12), path=IMAGES / "i2moe_contributions_synthetic.png")
+
+    model = train_synthetic("synergy", steps=300, lr=3e-3, seed=0, **LABELS)
+    result = interpret_synthetic(model, "synergy", size=400)
+    report("synergy", result)
+    plot_sample_contributions(result, indices=range(12), path=IMAGES / "i2moe_contributions_xor.png",
+                              title="Label = XOR(a[0] > 0, b[0] > 0): each sample leans on one expert, none is right alone")
 
 
 if __name__ == "__main__":
