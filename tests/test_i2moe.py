@@ -300,6 +300,11 @@ def _synthetic_summary(task, steps, lr, perturbation, seed=0):
         torch.set_num_threads(threads)
 
 
+def test_synthetic_tasks_name_the_known_ones_on_a_typo():
+    with pytest.raises(ValueError, match=r"\['synergy', 'uniqueness'\], got 'xor'"):
+        train_synthetic("xor", steps=1, lr=1e-3)
+
+
 def test_label_from_one_modality_favours_its_uniqueness_expert():
     summary = _synthetic_summary("uniqueness", steps=100, lr=1e-2, perturbation="noise")
     assert summary["accuracy"] > 0.9

@@ -116,4 +116,7 @@ def dominant_by_quadrant(result: InterpretationResult, task: str, seed: int = HE
             for index, name in enumerate(QUADRANTS)}
 
 
-__all__ = ["QUADRANTS", "SYNTHETIC_TASKS", "dominant_by_quadrant", "held_out_batch", "interpret_synthetic", "synthetic_batch", "synthetic_config", "train_synthetic"]
+__all__ = [
+    "QUADRANTS", "SYNTHETIC_TASKS", "dominant_by_quadrant", "held_out_batch", "interpret_synthetic", "synthetic_batch",
+    "synthetic_config", "train_synthetic",
+]
