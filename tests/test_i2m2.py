@@ -138,6 +138,19 @@ def test_multi_label_and_regression_train():
         assert model.i2m2.classifier.fc2.weight.grad.abs().sum() > 0
 
 
+def test_frozen_modality_keeps_both_its_towers_frozen_and_in_eval_mode(tmp_path):
+    config = make_config(i2m2_heads=True, i2m2_separate_towers=True)
+    config.modalities[0].freeze = True
+    model = I2MoEForClassification(config)
+    model.save_pretrained(tmp_path)
+    for candidate in (model, I2MoEForClassification.from_pretrained(tmp_path)):
+        candidate.train()
+        for towers in (candidate.towers, candidate.i2m2.towers):
+            assert not towers["m0"].training and towers["m1"].training
+            assert not any(p.requires_grad for p in towers["m0"].parameters())
+            assert all(p.requires_grad for p in towers["m1"].parameters())
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="i2m2_mode"):
         make_config(i2m2_mode="both", i2m2_heads=True)

@@ -89,20 +89,21 @@ def with_value(key, make):
     return lambda inputs: {**inputs, key: make(inputs)}
 
 
-def nan_at(key):
+def with_element(key, index, element):
+    """`inputs[key]` with one element (flat `index`) replaced, e.g. by NaN."""
     def make(inputs):
         value = inputs[key].clone()
-        value.view(-1)[3] = float("nan")
+        value.view(-1)[index] = element
         return value
     return make
+
+
+def nan_at(key):
+    return with_element(key, 3, float("nan"))
 
 
 def inf_at(key):
-    def make(inputs):
-        value = inputs[key].clone()
-        value.view(-1)[0] = float("inf")
-        return value
-    return make
+    return with_element(key, 0, float("inf"))
 
 
 MODEL_BAD_INPUTS = {

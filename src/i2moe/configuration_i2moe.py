@@ -198,7 +198,8 @@ class I2MoEConfig(PreTrainedConfig):
             columns of `modality_mask` and the order of the interaction experts.
         hidden_size (`int`): the common projection width d of all modality tokens.
         method (`str`): the interaction part; `"vanilla"` is one fusion backbone, `"i2moe"` the
-            I2MoE interaction experts (see `docs/i2moe.md`).
+            I2MoE interaction experts (see `docs/i2moe.md`), `"dmil"` the DMIL decomposition (see
+            `docs/dmil.md`).
         fusion (`str`): the fusion backbone, a key of `FUSION_BACKBONES`
             (`"concat"`, `"transformer"`, `"lrtf"`).
         fusion_num_layers (`int`): transformer fusion: number of joint self-attention blocks.
@@ -341,9 +342,7 @@ class I2MoEConfig(PreTrainedConfig):
         _require_positive_int("dmil_latent_size", self.dmil_latent_size, "I2MoEConfig")
         for field in ("dmil_kl_weight", "dmil_reconstruction_weight", "dmil_alignment_weight",
                       "dmil_stage2_component_weight", "dmil_stage3_component_weight", "dmil_stage3_unimodal_weight"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"I2MoEConfig: `{field}` must be a number >= 0, got {value!r}")
+            _require_number(field, getattr(self, field), minimum=0.0)
         if self.dmil_stage not in (1, 2, 3) or isinstance(self.dmil_stage, bool):
             raise ValueError(f"I2MoEConfig: `dmil_stage` must be 1, 2 or 3, got {self.dmil_stage!r}")
         if self.dmil_full_decomposition is None:
@@ -461,12 +460,8 @@ def _validate_i2moe(config: "I2MoEConfig") -> None:
             f"I2MoEConfig: `i2moe_perturbation` must be one of {PERTURBATIONS}, got {config.i2moe_perturbation!r}"
         )
     for field in ("i2moe_lambda_int", "i2moe_margin"):
-        value = getattr(config, field)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"I2MoEConfig: `{field}` must be a number >= 0, got {value!r}")
-    if isinstance(config.i2moe_temperature, bool) or not isinstance(config.i2moe_temperature, (int, float)) \
-            or config.i2moe_temperature <= 0:
-        raise ValueError(f"I2MoEConfig: `i2moe_temperature` must be a number > 0, got {config.i2moe_temperature!r}")
+        _require_number(field, getattr(config, field), minimum=0.0)
+    _require_number("i2moe_temperature", config.i2moe_temperature, minimum=0.0, inclusive=False)
     for field in ("i2moe_reweight_hidden_size", "i2moe_reweight_num_layers"):
         _require_positive_int(field, getattr(config, field), "I2MoEConfig")
     if not 0.0 <= config.i2moe_reweight_dropout < 1.0:
@@ -487,6 +482,14 @@ def _check_format_version(version) -> None:
             "the config was written by an incompatible (newer) i2moe. Upgrade i2moe, or load the model with "
             "trust_remote_code=True to use the code saved beside it"
         )
+
+
+def _require_number(field: str, value, minimum: float, inclusive: bool = True) -> None:
+    """An `I2MoEConfig` field that must be a real number (not a bool) >= `minimum` (> if not `inclusive`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum or (
+            not inclusive and value == minimum):
+        raise ValueError(f"I2MoEConfig: `{field}` must be a number {'>=' if inclusive else '>'} {minimum:g}, "
+                         f"got {value!r}")
 
 
 def _require_positive_int(field: str, value, owner: str) -> None:

@@ -94,7 +94,6 @@ class I2M2UnimodalHeads(nn.Module):
             layout.num_modalities, config.hidden_size, config.i2m2_head_hidden_size, config.num_labels, config.dropout
         )
         self.towers, self.projections = towers, projections
-        self.frozen = [modality.name for modality in config.modalities if modality.freeze]
         self.token_shape = (layout.total_tokens, config.hidden_size)
 
     @property
@@ -111,13 +110,6 @@ class I2M2UnimodalHeads(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         pooled = self.modality_mean(tokens).transpose(0, 1)  # (M, B, d): modality = stack axis
         return self.classifier(pooled).transpose(0, 1)
-
-    def train(self, mode: bool = True) -> "I2M2UnimodalHeads":
-        super().train(mode)
-        if self.towers is not None:
-            for name in self.frozen:  # frozen towers keep BatchNorm statistics and skip dropout
-                self.towers[name].eval()
-        return self
 
 
 # Config keys that say where a tower config came from, not what it builds.

@@ -397,19 +397,26 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         model._refreeze_towers()
         return (model, loading_info) if return_loading_info else model
 
+    def _towers_of(self, modality: ModalityConfig) -> list[PreTrainedModel]:
+        """The modality's tower, and its I2M2 unimodal copy when the heads have separate towers."""
+        towers = [self.towers[modality.name]]
+        if self.i2m2 is not None and self.i2m2.separate_towers:
+            towers.append(self.i2m2.towers[modality.name])
+        return towers
+
     def _refreeze_towers(self) -> None:
         """Loading replaces the parameters, and new ones require gradients: freeze again what the
         config freezes, or fine-tuning a loaded model would silently train its frozen towers."""
-        tower_sets = [self.towers] + ([self.i2m2.towers] if self.i2m2 is not None and self.i2m2.separate_towers else [])
         for modality in self.config.modalities:
-            for towers in tower_sets:
-                _set_trainable(towers[modality.name], modality)
+            for tower in self._towers_of(modality):
+                _set_trainable(tower, modality)
 
     def train(self, mode: bool = True) -> "I2MoEForClassification":
         super().train(mode)
         for modality in self.config.modalities:
             if modality.freeze:  # frozen towers keep BatchNorm statistics and skip dropout
-                self.towers[modality.name].eval()
+                for tower in self._towers_of(modality):
+                    tower.eval()
         for name in self.frozen_modules:
             self.get_submodule(name).eval()
         return self
@@ -750,10 +757,12 @@ def _check_tower_inputs(name: str, inputs: dict[str, torch.Tensor], tower_config
         raise TypeError(f"{key}: expected integer token ids of shape (batch, sequence), got dtype {input_ids.dtype} "
                         f"and shape {tuple(input_ids.shape)}")
     vocab_size = getattr(tower_config, "vocab_size", None)
-    if vocab_size and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
-        raise ValueError(f"{key}: token ids must lie in [0, {vocab_size - 1}] (the tower's vocab_size is {vocab_size}), "
-                         f"got values from {input_ids.min().item()} to {input_ids.max().item()}; was the text "
-                         "tokenized with this tower's tokenizer?")
+    if vocab_size:
+        low, high = torch.aminmax(input_ids)  # one pass, one device sync below
+        if bool((low < 0) | (high >= vocab_size)):
+            raise ValueError(f"{key}: token ids must lie in [0, {vocab_size - 1}] (the tower's vocab_size is "
+                             f"{vocab_size}), got values from {low.item()} to {high.item()}; was the text "
+                             "tokenized with this tower's tokenizer?")
     max_length = getattr(tower_config, "max_position_embeddings", None)
     if max_length and input_ids.shape[1] > max_length:
         raise ValueError(f"{key}: {input_ids.shape[1]} tokens, but the tower takes at most {max_length} "
