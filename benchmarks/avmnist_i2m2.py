@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 
 from i2moe import I2MoEConfig, I2MoEForClassification, I2MoELeNetConfig
-from i2moe.configuration_i2moe import METHODS
 from i2moe.datasets_avmnist import AVMNISTRecipe, load_avmnist
 
 
@@ -152,8 +151,6 @@ def stage_tasks(args) -> tuple[list[tuple], list[tuple]]:
     for seed in args.seeds:
         parts += [(seed, name, None) for name in MODALITIES if name in args.models or products]
         for inter_row, product_row, fusions in (("inter", "i2m2", args.fusions), ("i2moe", "i2moe_i2m2", args.i2moe_fusions)):
-            if inter_row == "i2moe" and "i2moe" not in METHODS:
-                continue
             for fusion in fusions:
                 if inter_row in args.models or product_row in args.models:
                     parts.append((seed, inter_row, fusion))

@@ -46,13 +46,12 @@ from datasets import Dataset
 from transformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-import evaluate
 from i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification, I2MoELeNetConfig
 from i2moe.dmil_training import DMILStage, dmil_compute_metrics, run_dmil_schedule
+from i2moe.metrics import load_metric
 
 
 ROOT = Path(__file__).resolve().parents[1]
-SYNERGY_METRIC = ROOT / "src" / "i2moe" / "metrics" / "synergy"
 CACHE = Path(os.environ.get("I2MOE_CACHE", Path.home() / ".cache" / "i2moe")) / "dmil_benchmark"
 
 
@@ -259,7 +258,7 @@ def test_outputs(model, test: TensorDictDataset) -> dict:
 
 
 def run_dataset(name: str, splits: dict, spec: dict, seeds: list[int], stage_epochs: tuple, workdir: Path) -> list[dict]:
-    synergy = evaluate.load(str(SYNERGY_METRIC))
+    synergy = load_metric("synergy")
     names = list(spec["modalities"])
     records = []
     for seed in seeds:

@@ -118,7 +118,6 @@ class Task:
     label_names: list[str]
     towers: dict[str, object]
     processors: dict[str, object]
-    pooling: dict[str, str] = field(default_factory=dict)
     num_tokens: dict[str, int] = field(default_factory=dict)
     # For the model card: the dataset's name, and where pretrained towers loaded from disk came from.
     dataset_name: str | None = None
@@ -155,10 +154,7 @@ def build_fashion(data_args: DataArguments, model_args: ModelArguments) -> Task:
 
 
 def build_avmnist(data_args: DataArguments, model_args: ModelArguments) -> Task:
-    try:
-        from i2moe.datasets_avmnist import load_avmnist
-    except ImportError as error:
-        raise ImportError("--dataset avmnist needs i2moe.datasets_avmnist, which this install of i2moe lacks") from error
+    from i2moe.datasets_avmnist import load_avmnist
 
     dataset = load_avmnist(data_dir=data_args.data_dir, seed=data_args.split_seed)
     dataset = dataset.rename_columns({"image_pixel_values": "image", "audio_pixel_values": "audio"})
@@ -167,7 +163,7 @@ def build_avmnist(data_args: DataArguments, model_args: ModelArguments) -> Task:
     # The arrays are already normalised spectrograms / images: the normaliser only stacks and checks them.
     processors = {"image": I2MoEFeatureNormalizer(feature_shape=[1, 28, 28], input_name="pixel_values"),
                   "audio": I2MoEFeatureNormalizer(feature_shape=[1, 112, 112], input_name="pixel_values")}
-    label_names = getattr(dataset["train"].features["labels"], "names", None) or [str(digit) for digit in range(10)]
+    label_names = [str(digit) for digit in range(10)]  # the labels column holds the digits as ints
     return Task(dataset, label_names, towers, processors, dataset_name="AV-MNIST (MNIST + FSDD)")
 
 
@@ -190,7 +186,7 @@ def build_model(task: Task, model_args: ModelArguments) -> I2MoEForClassificatio
     for name, tower in task.towers.items():
         pretrained = isinstance(tower, PreTrainedModel)
         modalities.append({
-            "name": name, "tower": tower.config if pretrained else tower, "pooling": task.pooling.get(name, "mean"),
+            "name": name, "tower": tower.config if pretrained else tower, "pooling": "mean",
             "num_tokens": task.num_tokens.get(name, 1), "freeze": pretrained and model_args.freeze_towers,
             "tower_name_or_path": tower.config.name_or_path or None if pretrained else None,
         })

@@ -83,7 +83,7 @@ def test_image_energy_removal_keeps_a_low_rank_image(small_avmnist):
 
 
 def test_missing_data_names_the_public_sources(tmp_path):
-    with pytest.raises(FileNotFoundError, match="free-spoken-digit-dataset|mnist"):
+    with pytest.raises(FileNotFoundError, match=r"yann\.lecun\.com/exdb/mnist.*Jakobovski/free-spoken-digit-dataset"):
         load_avmnist(tmp_path / "nowhere", cache_dir=tmp_path / "cache")
     (tmp_path / "mnist").mkdir()
     np.savez(tmp_path / "mnist" / "mnist.npz", x_train=np.zeros((1, 28, 28)))

@@ -14,7 +14,7 @@ from transformers import TrainerCallback, TrainingArguments
 from conftest import make_config, make_inputs
 from i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification, I2MoELeNetConfig
 from i2moe.dmil_i2moe import gaussian_kl, gaussian_kl_standard_normal
-from i2moe.dmil_training import DMILStage, apply_dmil_stage, run_dmil_schedule
+from i2moe.dmil_training import DMILStage, run_dmil_schedule
 
 
 SYNERGY_METRIC = Path(__file__).resolve().parents[1] / "src" / "i2moe" / "metrics" / "synergy"

@@ -21,6 +21,7 @@ from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments
 from i2moe import I2MoEForClassification, I2MoEProcessor
 from i2moe.hub import FIGURE_NAME, ModelCardTrainerMixin, build_model_card, push_to_hub
 
+from conftest import SHARED_DATA
 from test_processor import make_model, make_processor, make_sample
 from test_remote_code import load_in_fresh_process_without_package
 
@@ -304,11 +305,13 @@ def test_published_repository_loads_without_the_package_from_a_folder_and_the_hu
     assert np.isfinite(expected.numpy()).all()
 
 
+@pytest.mark.skipif(not (SHARED_DATA / "fashion-products" / "products.csv").exists(),
+                    reason="fashion products data not available")
 def test_example_script_publishes_model_processor_and_card_with_the_composition(fake_hub, tmp_path):
     """examples/run_classification.py --method i2moe --push_to_hub on real fashion products, tiny towers."""
     from transformers import BertModel, ViTConfig, ViTImageProcessor, ViTModel
 
-    from conftest import SHARED_DATA, tiny_bert_config
+    from conftest import tiny_bert_config
     from test_fashion import _run_classification_module
     from test_processor import make_tokenizer
 

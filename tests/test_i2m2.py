@@ -102,10 +102,14 @@ def test_heads_combine_with_every_interaction_part(method):
     assert out.unimodal_logits.shape == (4, 2, 3) and torch.isfinite(out.loss)
     assert model.i2m2.classifier.fc1.weight.grad.abs().sum() > 0
     model.eval()
-    inter_only = _modes(model, inputs)["inter"]
-    # The interaction part's own outputs (expert weights, gates, ...) come through unchanged.
-    extra = {key for key, value in inter_only.items() if value is not None} - {"logits", "loss"}
-    assert extra <= {key for key, value in model(**inputs).items() if value is not None}
+    inter_only, product = _modes(model, inputs)["inter"], model(**inputs)
+    # The interaction part's own outputs (expert weights, gates, ...) come through unchanged, except
+    # `unimodal_logits`, which in the product are the I2M2 heads (DMIL's level-1 heads give way).
+    extra = {key for key, value in inter_only.items() if value is not None} - {"logits", "loss", "unimodal_logits"}
+    for key in extra:
+        torch.testing.assert_close(product[key], inter_only[key], msg=key)
+    heads = model.i2m2(model.embed_modalities(**inputs)).masked_fill(~inputs["modality_mask"].bool()[..., None], 0.0)
+    torch.testing.assert_close(product.unimodal_logits, heads)
 
 
 def test_intra_and_inter_modes_use_only_their_parts():

@@ -177,7 +177,7 @@ def test_plots_write_readable_figures(model, tmp_path):
         plot_sample_contributions(result, class_index=7)
 
 
-def test_plots_name_the_extra_when_matplotlib_is_missing(model, monkeypatch):
+def test_plots_name_the_extra_when_matplotlib_is_missing(monkeypatch):
     from i2moe import plots
 
     real_import = builtins.__import__

@@ -581,3 +581,4 @@ def test_every_bad_input_is_documented():
     assert not missing, f"docs/reliability.md lacks rows for {missing}"
     counted = re.search(r"(\d+) bad inputs are tested", documented)
     assert counted, "docs/reliability.md must say how many bad inputs are tested"
+    assert f"the {len(cases)} below" in documented, f"docs/reliability.md must count the {len(cases)} table rows"

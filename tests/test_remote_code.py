@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from i2moe import I2MoEConfig, I2MoEForClassification, I2MoELeNetConfig
 
-from conftest import make_inputs, tiny_bert_config
+from conftest import tiny_bert_config
 
 
 def load_in_fresh_process_without_package(

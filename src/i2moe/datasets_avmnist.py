@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.audio_utils import mel_filter_bank
 
 from .data_utils import resolve_data_dir
 
@@ -159,11 +160,13 @@ def build_avmnist_arrays(
               "test": (x_test, y_test, test_rows)}
 
     # The PCA is fitted on all training images, also when only a subset is built.
-    mean, components = _fit_energy_projection(_as_float(x_train[train_rows]), recipe.image_energy_removed)
+    train_images = _as_float(x_train[train_rows])
+    mean, components = _fit_energy_projection(train_images, recipe.image_energy_removed)
     clips = _load_fsdd(root / FSDD_FOLDER)
     spectrogram = LogMelSpectrogram(recipe.n_fft, recipe.win_length)
     audio_stats = _audio_normalisation(clips["train"], recipe, spectrogram)
-    image_stats = _image_normalisation(_as_float(x_train[train_rows[:5000]]), mean, components)
+    image_stats = _image_normalisation(train_images[:5000], mean, components)
+    del train_images  # 55k x 784 float64: not held while the splits are built
 
     splits = {}
     for split, (pixels, targets, rows) in images.items():
@@ -218,18 +221,9 @@ class LogMelSpectrogram:
 
 def mel_filterbank(n_fft: int, sample_rate: int, num_mels: int) -> np.ndarray:
     """HTK-mel triangular filters `(num_mels, n_fft // 2 + 1)`, unnormalised, 0 Hz to Nyquist
-    (the same filters as `torchaudio.functional.melscale_fbanks(..., mel_scale="htk")`)."""
-    frequencies = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-    mel_points = np.linspace(0, _hz_to_mel(sample_rate / 2), num_mels + 2)
-    edges = 700.0 * (10 ** (mel_points / 2595.0) - 1)
-    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (frequencies - lower) / (centre - lower)
-    falling = (upper - frequencies) / (upper - centre)
-    return np.clip(np.minimum(rising, falling), 0.0, None)
-
-
-def _hz_to_mel(hz: float) -> float:
-    return 2595.0 * np.log10(1.0 + hz / 700.0)
+    (transformers' `mel_filter_bank`, laid out as `(mels, frequencies)` for `filters @ power`)."""
+    return mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=num_mels, min_frequency=0.0,
+                           max_frequency=sample_rate / 2, sampling_rate=sample_rate, norm=None, mel_scale="htk").T
 
 
 def _load_fsdd(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -300,7 +294,7 @@ def _mix_noise(waves: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarra
 def _audio_normalisation(train_pool, recipe: AVMNISTRecipe, spectrogram: LogMelSpectrogram) -> tuple[float, float]:
     """Scalar mean and std of noisy training spectrograms (a fixed seeded sample of 256), used to
     standardise every split; independent of how many rows are built."""
-    waves, labels, _ = train_pool
+    waves, _, _ = train_pool
     rng = np.random.default_rng(np.random.SeedSequence([recipe.seed, 103]))
     picks = rng.integers(len(waves), size=256)
     sample = spectrogram(_mix_noise(waves[picks], _noise(rng, len(picks), recipe.noise), recipe.snr_db))

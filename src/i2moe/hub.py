@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from .modeling_i2moe import I2MoEForClassification
 
@@ -182,11 +182,7 @@ def save_for_hub(
         _check_processor_matches(model, processor)
         processor.save_pretrained(save_directory)
     if figure_path is not None:
-        figure_path = Path(figure_path)
-        if not figure_path.is_file():
-            raise FileNotFoundError(f"figure_path: {figure_path} does not exist")
-        if figure_path.resolve() != (save_directory / FIGURE_NAME).resolve():
-            shutil.copyfile(figure_path, save_directory / FIGURE_NAME)
+        _copy_figure(figure_path, save_directory)
     if card is None:
         card = build_model_card(model, processor=processor, figure_path=figure_path, **card_kwargs)
     elif card_kwargs:
@@ -234,12 +230,17 @@ def push_to_hub(
     with tempfile.TemporaryDirectory() as folder:
         save_for_hub(model, folder, processor=processor, card=card, figure_path=figure_path, **card_kwargs)
         # One commit holding every file of the folder, as transformers' own `push_to_hub` sends it.
-        operations = [
-            CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
-            for path in sorted(Path(folder).rglob("*")) if path.is_file()
-        ]
-        return api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message,
-                                 token=token, revision=revision, create_pr=create_pr)
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, token=token,
+                                 revision=revision, create_pr=create_pr)
+
+
+def _copy_figure(figure_path, folder: Path) -> None:
+    """The composition figure into `folder` under `FIGURE_NAME` (unless it is already that file)."""
+    figure_path = Path(figure_path)
+    if not figure_path.is_file():
+        raise FileNotFoundError(f"figure_path: {figure_path} does not exist")
+    if figure_path.resolve() != (folder / FIGURE_NAME).resolve():
+        shutil.copyfile(figure_path, folder / FIGURE_NAME)
 
 
 class ModelCardTrainerMixin:
@@ -301,8 +302,8 @@ class ModelCardTrainerMixin:
             processor.save_pretrained(output_dir)  # a processor kept outside `processing_class` (see its docs)
         if eval_results is None:
             eval_results = next((entry for entry in reversed(self.state.log_history) if "eval_loss" in entry), None)
-        if figure_path is not None and Path(figure_path).resolve() != (output_dir / FIGURE_NAME).resolve():
-            shutil.copyfile(figure_path, output_dir / FIGURE_NAME)
+        if figure_path is not None:
+            _copy_figure(figure_path, output_dir)
         card = build_model_card(
             model,
             repo_id=getattr(self, "hub_model_id", None) or self.args.hub_model_id or model_name,

@@ -90,16 +90,18 @@ class InterpretationResult:
 
     def samples(self) -> list[dict]:
         """Sample-level records: weights and per-class contributions by component name."""
+        # The properties compute over the whole dataset: once, not once per sample.
+        predictions, dominant, contributions = self.predictions, self.dominant, self.contributions
         records = []
         for index in range(len(self.weights)):
             record = {
                 "index": index,
-                "prediction": self.class_names[self.predictions[index]],
-                "dominant": self.component_names[self.dominant[index]],
+                "prediction": self.class_names[predictions[index]],
+                "dominant": self.component_names[dominant[index]],
                 "weights": dict(zip(self.component_names, self.weights[index].tolist())),
                 "contributions": {
                     name: dict(zip(self.class_names, values.tolist()))
-                    for name, values in zip(self.component_names, self.contributions[index])
+                    for name, values in zip(self.component_names, contributions[index])
                 },
             }
             if self.labels is not None:

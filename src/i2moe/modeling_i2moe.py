@@ -70,7 +70,8 @@ class I2MoEOutput(ModelOutput):
         loss_terms (`dict[str, torch.FloatTensor]`): every loss term by name (for logging).
         unimodal_logits (`torch.FloatTensor` of shape `(batch_size, num_modalities, num_labels)`):
             I2M2: each modality's unimodal head (zeros where the modality is missing: that head
-            is not part of the row's product).
+            is not part of the row's product). DMIL: its level-1 heads; with I2M2 heads on a DMIL
+            part, the I2M2 heads (the experts of the final product) take this field.
         component_logits (`torch.FloatTensor` of shape `(batch_size, num_components, num_labels)`):
             DMIL: the head of each component (uniqueness per modality, redundancy, synergy).
         gate_weights (`torch.FloatTensor` of shape `(batch_size, num_components)`): DMIL: the gate.

@@ -153,11 +153,12 @@ def plot_sample_contributions(result: InterpretationResult, indices=None, class_
     axis.axhline(0.0, color="black", linewidth=0.8)
     # One line per sample, rotated, so long class names do not run into each other.
     labels = [f"#{index} {result.class_names[cls]}" for index, cls in zip(indices, classes)]
-    if result.labels is not None and result.labels.ndim == 1 and not np.issubdtype(result.labels.dtype, np.floating):
+    has_labels = result._has_class_labels()
+    if has_labels:
         labels = [f"{text} (true: {result.class_names[int(result.labels[index])]})" for text, index in zip(labels, indices)]
     axis.set_xticks(positions, labels, fontsize=8, rotation=40, ha="right", rotation_mode="anchor")
     decomposed = "predicted class" if class_index == "predicted" else f"class {result.class_names[int(class_index)]}"
-    axis.set_xlabel(f"sample: #index, {decomposed}" + (" (true class)" if "true:" in labels[0] else ""))
+    axis.set_xlabel(f"sample: #index, {decomposed}" + (" (true class)" if has_labels else ""))
     axis.set_ylabel("contribution to the class logit  $w_k \\cdot y_k$")
     axis.set_title(title or f"Each interaction type's contribution to the logit of the {decomposed}", fontsize=11)
     axis.grid(axis="y", alpha=0.3)

@@ -58,12 +58,11 @@ def variants() -> dict[str, dict]:
             found[name] = settings
             found[f"{name}+i2m2"] = {**settings, "i2m2_heads": True}
     found["vanilla+i2m2-separate"] = {"method": "vanilla", "i2m2_heads": True, "i2m2_separate_towers": True}
-    if "i2moe" in INTERACTIONS:
-        # Comparable across process counts: the null-token perturbation draws no noise, and without
-        # the interaction loss, which averages over the (modality, row) pairs present in each
-        # process's batch: DDP then averages per-process means, which weight pairs differently from
-        # one process's mean over the global batch when processes see different missingness.
-        found["i2moe-null-lambda0"] = {"method": "i2moe", "i2moe_perturbation": "null", "i2moe_lambda_int": 0.0}
+    # Comparable across process counts: the null-token perturbation draws no noise, and without
+    # the interaction loss, which averages over the (modality, row) pairs present in each
+    # process's batch: DDP then averages per-process means, which weight pairs differently from
+    # one process's mean over the global batch when processes see different missingness.
+    found["i2moe-null-lambda0"] = {"method": "i2moe", "i2moe_perturbation": "null", "i2moe_lambda_int": 0.0}
     return found
 
 
