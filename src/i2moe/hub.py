@@ -551,7 +551,11 @@ def _limitations_section(model) -> str:
         "never showed the model a sample without that modality, predictions without it are unreliable. Every "
         "sample needs at least one modality.",
         "- **Interaction composition.** Expert or gate weights tell which interaction type the model uses for a "
-        "sample; they are correlational and depend on the data the model was trained on.",
+        "sample; they are correlational and depend on the data the model was trained on. The weighting model "
+        "sees every modality and can itself combine experts that are each weak (on a synthetic XOR task I2MoE "
+        "routes between uniqueness experts instead of using its synergy expert), so check each expert's own "
+        "accuracy (`interpret(...).summary()['component_accuracy']`) before reading a weight as the data's "
+        "interaction type.",
         f"- **Domain.** Trained for {config.num_labels} {'outputs' if config.num_labels > 1 else 'output'} on the "
         "dataset named above; other label sets or input distributions need fine-tuning.",
         "- **Remote code.** Without the `i2moe` package, loading runs this repository's Python files "
