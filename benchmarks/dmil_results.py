@@ -246,11 +246,11 @@ def test_outputs(model, test: TensorDictDataset) -> dict:
         batch.pop("labels")
         out = model(**batch)
         probabilities.append(out.logits.float().softmax(-1).numpy())
-        if out.gate_weights is not None:
-            gates.append(out.gate_weights.float().numpy())
+        if out.component_weights is not None:
+            gates.append(out.component_weights.float().numpy())
     result = {"probabilities": np.concatenate(probabilities), "labels": test.columns["labels"].numpy()}
     if gates:
-        result["gate_weights"] = np.concatenate(gates)
+        result["component_weights"] = np.concatenate(gates)
     return result
 
 
@@ -281,8 +281,8 @@ def run_dataset(name: str, splits: dict, spec: dict, seeds: list[int], stage_epo
             record = {"dataset": name, "model": model_name, "seed": seed, "accuracy": scores["accuracy"],
                       "synergy": scores["synergy"]}
             if model_name == "dmil":
-                record["gate_weights_mean"] = dict(zip(dmil_model.interaction.component_names,
-                                                       dmil["gate_weights"].mean(0).round(4).tolist()))
+                record["component_weights_mean"] = dict(zip(dmil_model.interaction.component_names,
+                                                       dmil["component_weights"].mean(0).round(4).tolist()))
                 record["validation_accuracy_per_stage"] = dmil["validation_accuracy_per_stage"]
             records.append(record)
         for modality in names:
@@ -304,9 +304,9 @@ def summarise(records: list[dict]) -> list[dict]:
                    "accuracy_std": round(float(accuracy.std(ddof=1)) if len(chosen) > 1 else 0.0, 4),
                    "synergy_mean": round(float(np.mean([r["synergy"] for r in chosen])), 4),
                    "num_seeds": len(chosen)}
-            if "gate_weights_mean" in chosen[0]:
-                row["gate_weights_mean"] = {key: round(float(np.mean([r["gate_weights_mean"][key] for r in chosen])), 4)
-                                            for key in chosen[0]["gate_weights_mean"]}
+            if "component_weights_mean" in chosen[0]:
+                row["component_weights_mean"] = {key: round(float(np.mean([r["component_weights_mean"][key] for r in chosen])), 4)
+                                            for key in chosen[0]["component_weights_mean"]}
             rows.append(row)
     return rows
 

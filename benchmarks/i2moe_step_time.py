@@ -42,7 +42,7 @@ from transformers import BertConfig, ViTConfig
 
 from i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification
 from i2moe.fusion_i2moe import TokenLayout
-from i2moe.modeling_i2moe import INTERACTIONS
+from i2moe.registry_i2moe import INTERACTIONS
 from i2moe.profiling import count_aten_ops
 
 
@@ -89,7 +89,7 @@ class EmbeddingModel(torch.nn.Module):
     def __init__(self, config: I2MoEConfig):
         super().__init__()
         layout = TokenLayout(tuple(config.modality_names), tuple(m.num_tokens for m in config.modalities))
-        self.interaction = INTERACTIONS[config.method](config, layout)
+        self.interaction = INTERACTIONS.get(config.method)(config, layout)
         self.null_tokens = torch.nn.Parameter(torch.randn(layout.total_tokens, config.hidden_size))
         for module in self.modules():  # stacked weights start as torch.empty; the model's post_init does this
             if hasattr(module, "init_parameters"):
@@ -100,7 +100,7 @@ class EmbeddingModel(torch.nn.Module):
         if labels is None:
             return result.logits
         loss = F.cross_entropy(result.logits.float(), labels)
-        return loss if result.auxiliary_loss is None else loss + result.auxiliary_loss
+        return loss if result.interaction_loss is None else loss + result.interaction_loss
 
 
 def build_embedding_bench(setting: str, method: str, device: str, precision: str, batch_size: int = BATCH_SIZE,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from i2moe.experts_i2moe import PERTURBATIONS
+from i2moe.configuration_i2moe import PERTURBATIONS
 from i2moe.synthetic import SYNTHETIC_TASKS, dominant_by_quadrant, interpret_synthetic, train_synthetic
 
 

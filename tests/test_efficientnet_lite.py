@@ -71,7 +71,7 @@ def test_converted_folder_loads_as_a_tower_and_inside_i2moe(converted, photos):
         output = model(**batch)
     assert features.last_hidden_state.shape == (2, 1280, 7, 7) and features.pooler_output.shape == (2, 1280)
     assert output.logits.shape == (2, 4) and torch.isfinite(output.loss)
-    torch.testing.assert_close(model.towers["image"].head.conv.weight, tower.head.conv.weight)
+    torch.testing.assert_close(model.encoders["image"].tower.head.conv.weight, tower.head.conv.weight)
 
 
 def test_same_padding_matches_tensorflow_shapes_for_odd_sizes():
@@ -118,7 +118,7 @@ def test_model_with_the_tower_and_its_processor_load_as_remote_code_without_the_
         from transformers import AutoModel, AutoProcessor
         model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
         processor = AutoProcessor.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
-        assert type(model.towers["image"]).__name__ == "I2MoEEfficientNetLiteModel"
+        assert type(model.encoders["image"].tower).__name__ == "I2MoEEfficientNetLiteModel"
         with torch.no_grad():
             print(model(**processor(image=[{str(tmp_path / "image.png")!r}])).logits.tolist())
     """)

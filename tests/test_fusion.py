@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from i2moe import FUSION_BACKBONES, TokenLayout, build_fusion
+from i2moe import FUSIONS, TokenLayout, build_fusion
 
 from conftest import make_config
 
 
-BACKBONES = sorted(FUSION_BACKBONES)
+BACKBONES = FUSIONS.names()
 LAYOUTS = {"one_token_each": (1, 1, 1), "unequal_tokens": (2, 1, 3)}
 
 

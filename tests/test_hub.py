@@ -199,7 +199,7 @@ def test_model_card_metadata_and_body(model_and_processor, figure):
     ):
         assert expected in text, expected
     assert "fusion_hidden_size" not in text and "`shirt`, `bag`, `watch`" in text
-    total, text_tower = model.num_parameters(), sum(p.numel() for p in model.towers["text"].parameters())
+    total, text_tower = model.num_parameters(), sum(p.numel() for p in model.encoders["text"].tower.parameters())
     assert f"{total / 1e3:.1f}k in all, {(total - text_tower) / 1e3:.1f}k trained (frozen towers excluded)" in text
     assert "Frozen towers (weights and BatchNorm statistics fixed): text." in text
     snippets = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
@@ -213,10 +213,10 @@ def test_model_card_lists_the_settings_of_the_method_in_use(method):
     from conftest import make_config
 
     text = build_model_card(I2MoEForClassification(make_config("concat", method=method))).text
-    settings = {"i2moe": "| `i2moe_lambda_int` |", "dmil": "| `dmil_latent_size` |"}
+    settings = {"i2moe": "| `i2moe.lambda_int` |", "dmil": "| `dmil.latent_size` |"}
     assert settings[method] in text and settings[{"i2moe": "dmil", "dmil": "i2moe"}[method]] not in text
     assert "| `i2m2_" not in text and "fusion_num_heads" not in text
-    assert ("outputs.expert_weights" if method == "i2moe" else "outputs.gate_weights") in text
+    assert ("outputs.component_weights" if method == "i2moe" else "outputs.component_weights") in text
 
 
 def test_local_tower_paths_are_not_published(model_and_processor, tmp_path):
@@ -338,7 +338,7 @@ def test_example_script_publishes_model_processor_and_card_with_the_composition(
     text = files["README.md"].decode()
     summary = json.loads(files["interpretation_test.json"])["summary"]
     assert summary["num_samples"] == 12 and summary["component_names"] == [
-        "uniqueness_image", "uniqueness_text", "synergy", "redundancy"]
+        "uniqueness_image", "uniqueness_text", "redundancy", "synergy"]
     for expected in ("## Interaction composition", "over 12 samples on the test split", "| metric | test | test, without image |",
                      f"![Distribution of each interaction type's weight over the samples]({FIGURE_NAME})",
                      "| image | image | `vit` | local folder `image` |", "| learning rate |"):

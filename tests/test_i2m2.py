@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification
-from i2moe.configuration_i2moe import METHODS
+from i2moe.registry_i2moe import INTERACTIONS
 from i2moe.i2m2_i2moe import combine_i2m2
 
 from conftest import make_config, make_inputs
@@ -51,9 +51,9 @@ def _modes(model, inputs):
     """The same model's outputs in each I2M2 mode."""
     outputs = {}
     for mode in ("product", "intra", "inter"):
-        model.config.i2m2_mode = mode
+        model.config.i2m2.mode = mode
         outputs[mode] = model(**inputs)
-    model.config.i2m2_mode = "product"
+    model.config.i2m2.mode = "product"
     return outputs
 
 
@@ -86,12 +86,12 @@ def test_missing_modality_head_drops_out_and_inter_part_sees_the_null_token():
     scrambled["m1_features"][1] = 100.0
     torch.testing.assert_close(model(**scrambled).logits[1], product.logits[1])
     # The inter part got the learned null token: the same logits as for a batch without m1 at all.
-    model.config.i2m2_mode = "inter"
+    model.config.i2m2.mode = "inter"
     alone = model(m0_features=inputs["m0_features"][1:2], modality_mask=torch.tensor([[1, 0]]))
     torch.testing.assert_close(alone.logits[0], inter.logits[1])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", INTERACTIONS.names())
 def test_heads_combine_with_every_interaction_part(method):
     config = make_config(method=method, i2m2_heads=True)
     model = I2MoEForClassification(config)
@@ -100,7 +100,7 @@ def test_heads_combine_with_every_interaction_part(method):
     out = model(**inputs, labels=torch.tensor([0, 1, 2, 0]))
     out.loss.backward()
     assert out.unimodal_logits.shape == (4, 2, 3) and torch.isfinite(out.loss)
-    assert model.i2m2.classifier.fc1.weight.grad.abs().sum() > 0
+    assert model.i2m2_heads.classifier.fc1.weight.grad.abs().sum() > 0
     model.eval()
     inter_only, product = _modes(model, inputs)["inter"], model(**inputs)
     # The interaction part's own outputs (expert weights, gates, ...) come through unchanged, except
@@ -108,7 +108,7 @@ def test_heads_combine_with_every_interaction_part(method):
     extra = {key for key, value in inter_only.items() if value is not None} - {"logits", "loss", "unimodal_logits"}
     for key in extra:
         torch.testing.assert_close(product[key], inter_only[key], msg=key)
-    heads = model.i2m2(model.embed_modalities(**inputs)).masked_fill(~inputs["modality_mask"].bool()[..., None], 0.0)
+    heads = model.i2m2_heads(model.embed_modalities(**inputs)).masked_fill(~inputs["modality_mask"].bool()[..., None], 0.0)
     torch.testing.assert_close(product.unimodal_logits, heads)
 
 
@@ -124,7 +124,7 @@ def test_intra_and_inter_modes_use_only_their_parts():
     torch.testing.assert_close(after["intra"].logits, before["intra"].logits)
     assert not torch.allclose(after["inter"].logits, before["inter"].logits)
     with torch.no_grad():
-        for parameter in model.i2m2.parameters():
+        for parameter in model.i2m2_heads.parameters():
             parameter.add_(1.0)
     torch.testing.assert_close(_modes(model, inputs)["inter"].logits, after["inter"].logits)
 
@@ -139,7 +139,7 @@ def test_multi_label_and_regression_train():
         out = model(**make_inputs(config), labels=labels)
         out.loss.backward()
         assert torch.isfinite(out.loss)
-        assert model.i2m2.classifier.fc2.weight.grad.abs().sum() > 0
+        assert model.i2m2_heads.classifier.fc2.weight.grad.abs().sum() > 0
 
 
 def test_frozen_modality_keeps_both_its_towers_frozen_and_in_eval_mode(tmp_path):
@@ -149,18 +149,18 @@ def test_frozen_modality_keeps_both_its_towers_frozen_and_in_eval_mode(tmp_path)
     model.save_pretrained(tmp_path)
     for candidate in (model, I2MoEForClassification.from_pretrained(tmp_path)):
         candidate.train()
-        for towers in (candidate.towers, candidate.i2m2.towers):
-            assert not towers["m0"].training and towers["m1"].training
-            assert not any(p.requires_grad for p in towers["m0"].parameters())
-            assert all(p.requires_grad for p in towers["m1"].parameters())
+        for encoders in (candidate.encoders, candidate.unimodal_encoders):
+            assert not encoders["m0"].tower.training and encoders["m1"].tower.training
+            assert not any(p.requires_grad for p in encoders["m0"].tower.parameters())
+            assert all(p.requires_grad for p in encoders["m1"].tower.parameters())
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="i2m2_mode"):
+    with pytest.raises(ValueError, match="i2m2.mode"):
         make_config(i2m2_mode="both", i2m2_heads=True)
     with pytest.raises(ValueError, match="i2m2_heads=True"):
         make_config(i2m2_mode="intra")
-    with pytest.raises(ValueError, match="i2m2_separate_towers=True"):
+    with pytest.raises(ValueError, match="i2m2.separate_towers=True"):
         make_config(i2m2_heads=True, i2m2_tower_overrides={"m0": {"hidden_size": 8}})
     with pytest.raises(ValueError, match="'m7'"):
         make_config(i2m2_heads=True, i2m2_separate_towers=True, i2m2_tower_overrides={"m7": {"hidden_size": 8}})
@@ -194,15 +194,17 @@ def test_staged_assembly_loads_the_parts_bit_for_bit(tmp_path, from_disk):
         inter.save_pretrained(tmp_path / "inter")
         parts = {"unimodal": {name: str(tmp_path / name) for name in unimodal}, "inter": str(tmp_path / "inter")}
     model = I2MoEForClassification.from_i2m2_parts(**parts)
-    assert model.config.i2m2_separate_towers and model.config.i2m2_mode == "product"
-    assert model.config.i2m2_tower_overrides == {"m0": {"hidden_size": 10}, "m1": {"hidden_size": 6}}
-    for name in ("towers", "projections", "interaction"):
+    assert model.config.i2m2.separate_towers and model.config.i2m2.mode == "product"
+    assert model.config.i2m2.tower_overrides == {"m0": {"hidden_size": 10}, "m1": {"hidden_size": 6}}
+    for name in ("encoders", "interaction"):
         _assert_same_weights(getattr(model, name), getattr(inter, name))
-    assert torch.equal(model.null_tokens, inter.null_tokens)
+    assert torch.equal(model.null_tokens, inter.null_tokens)  # the shared encoders' null tokens come from inter
     for index, (name, part) in enumerate(unimodal.items()):
-        _assert_same_weights(model.i2m2.towers[name], part.towers[name])
-        _assert_same_weights(model.i2m2.projections[name], part.projections[name])
-        source, target = part.interaction.backbone.head, model.i2m2.classifier
+        _assert_same_weights(model.unimodal_encoders[name].tower, part.encoders[name].tower)
+        unimodal_projection = {key: value for key, value in part.encoders[name].state_dict().items() if key != "null_tokens"}
+        assert model.unimodal_encoders[name].state_dict().keys() == unimodal_projection.keys()
+        assert all(torch.equal(model.unimodal_encoders[name].state_dict()[key], value) for key, value in unimodal_projection.items())
+        source, target = part.interaction.backbone.head, model.i2m2_heads.classifier
         for layer in ("fc1", "fc2"):
             for tensor in ("weight", "bias"):
                 assert torch.equal(getattr(getattr(target, layer), tensor)[index],
@@ -225,10 +227,10 @@ def test_staged_assembly_loads_the_parts_bit_for_bit(tmp_path, from_disk):
 def test_intra_only_assembly_uses_the_unimodal_towers():
     unimodal = {"m0": _unimodal_part("m0", 8, 10), "m1": _unimodal_part("m1", 4, 6)}
     model = I2MoEForClassification.from_i2m2_parts(unimodal)
-    assert model.config.i2m2_mode == "intra" and not model.config.i2m2_separate_towers
+    assert model.config.i2m2.mode == "intra" and not model.config.i2m2.separate_towers
     inputs = make_inputs(model.config)
     for name, part in unimodal.items():
-        _assert_same_weights(model.towers[name], part.towers[name])
+        _assert_same_weights(model.encoders[name].tower, part.encoders[name].tower)
     expected = F.log_softmax(sum(
         F.log_softmax(part(**{f"{name}_features": inputs[f"{name}_features"]}).logits, -1)
         for name, part in unimodal.items()

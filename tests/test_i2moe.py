@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_config, make_inputs
-from i2moe import FUSION_BACKBONES, I2MoEForClassification, build_fusion
-from i2moe.experts_i2moe import PERTURBATIONS, I2MoEInteraction
+from i2moe import FUSIONS, I2MoEForClassification, build_fusion
+from i2moe.configuration_i2moe import PERTURBATIONS
+from i2moe.experts_i2moe import I2MoEInteraction
 from i2moe.fusion_i2moe import TokenLayout
 from i2moe.synthetic import dominant_by_quadrant, interpret_synthetic, train_synthetic
 
@@ -45,7 +46,7 @@ def reference_loss_terms(outputs, present, margin=1.0, regression=False):
                     anchor, positive, negative = outputs[i, 0, b], outputs[i, j + 1, b], outputs[i, i + 1, b]
                     values.append(torch.relu(torch.dist(anchor, positive) - torch.dist(anchor, negative) + margin))
         terms.append(torch.stack(values).mean() if values else torch.tensor(0.0))
-    for sign, expert in ((1, num_modalities), (-1, num_modalities + 1)):  # synergy, redundancy
+    for sign, expert in ((-1, num_modalities), (1, num_modalities + 1)):  # redundancy, synergy
         values = []
         for j in range(num_modalities):
             for b in range(batch):
@@ -83,9 +84,9 @@ def test_synergy_and_redundancy_hand_computed():
         outputs[expert, 0, 0] = clean
         outputs[expert, 1, 0] = torch.tensor([0.0, 2.0])
         outputs[expert, 2, 0] = torch.tensor([-3.0, 0.0])
-    terms = interaction.interaction_loss_terms(outputs, torch.ones(1, 2, dtype=torch.bool))
-    assert terms[2].item() == pytest.approx((0.0 - 1.0) / 2, abs=1e-5)  # synergy: mean cos
-    assert terms[3].item() == pytest.approx((1.0 + 2.0) / 2, abs=1e-5)  # redundancy: mean (1 - cos)
+    terms = dict(zip(interaction.component_names, interaction.interaction_loss_terms(outputs, torch.ones(1, 2, dtype=torch.bool))))
+    assert terms["synergy"].item() == pytest.approx((0.0 - 1.0) / 2, abs=1e-5)  # mean cos
+    assert terms["redundancy"].item() == pytest.approx((1.0 + 2.0) / 2, abs=1e-5)  # mean (1 - cos)
 
 
 @pytest.mark.parametrize("num_modalities", [2, 3])
@@ -105,12 +106,13 @@ def test_regression_synergy_pushes_outputs_apart():
     """The reference's regression synergy loss had the wrong sign: here, descending the synergy
     term must move the perturbed output away from the clean one."""
     interaction = make_interaction(num_modalities=2, num_labels=1)
+    synergy = interaction.component_names.index("synergy")
     outputs = torch.zeros(4, 3, 1, 1)
-    outputs[2, 1:] = 0.3
+    outputs[synergy, 1:] = 0.3
     outputs.requires_grad_(True)
-    interaction.interaction_loss_terms(outputs, torch.ones(1, 2, dtype=torch.bool))[2].backward()
+    interaction.interaction_loss_terms(outputs, torch.ones(1, 2, dtype=torch.bool))[synergy].backward()
     # Gradient descent subtracts the gradient: the perturbed outputs (0.3) must grow.
-    assert (outputs.grad[2, 1:] < 0).all()
+    assert (outputs.grad[synergy, 1:] < 0).all()
 
 
 def _naive_forward(interaction: I2MoEInteraction, config, layout, tokens, present, null_tokens, noise):
@@ -138,7 +140,7 @@ def _naive_forward(interaction: I2MoEInteraction, config, layout, tokens, presen
     return outputs, logits, reference_loss_terms(outputs, present, interaction.margin, interaction.regression)
 
 
-@pytest.mark.parametrize("fusion", sorted(FUSION_BACKBONES))
+@pytest.mark.parametrize("fusion", FUSIONS.names())
 @pytest.mark.parametrize("perturbation", PERTURBATIONS)
 def test_vectorised_path_equals_naive_per_expert_loop(fusion, perturbation):
     config = make_config(fusion, feature_sizes=(4, 4, 4), num_tokens=[2, 1, 3], method="i2moe",
@@ -156,16 +158,16 @@ def test_vectorised_path_equals_naive_per_expert_loop(fusion, perturbation):
     torch.manual_seed(1)
     noise = torch.randn_like(tokens)
     outputs, logits, terms = _naive_forward(interaction, config, layout, tokens, present, null_tokens, noise)
-    torch.testing.assert_close(result.extra_outputs["expert_logits"], outputs[:, 0].transpose(0, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result.component_logits, outputs[:, 0].transpose(0, 1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(result.logits, logits, atol=1e-5, rtol=1e-5)
-    loss_terms = result.extra_outputs["loss_terms"]
+    loss_terms = result.loss_terms
     torch.testing.assert_close(torch.stack([loss_terms[name] for name in interaction.component_names]), terms,
                                atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(result.extra_outputs["interaction_loss"], terms.mean(), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(result.auxiliary_loss, config.i2moe_lambda_int * terms.mean(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(loss_terms["interaction"], terms.mean(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result.interaction_loss, config.i2moe.lambda_int * terms.mean(), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("fusion", sorted(FUSION_BACKBONES))
+@pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_gradients_reach_every_expert_and_the_reweighting_model(fusion):
     config = make_config(fusion, method="i2moe", i2moe_lambda_int=0.5)
     model = I2MoEForClassification(config).train()
@@ -178,11 +180,13 @@ def test_gradients_reach_every_expert_and_the_reweighting_model(fusion):
         assert (per_expert > 0).all(), f"{name}: experts {per_expert.eq(0).nonzero().flatten().tolist()} got no gradient"
     for name, parameter in interaction.reweighting.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
-    for name, parameter in model.towers.named_parameters():
+    for name, parameter in model.encoders.named_parameters():
+        if name.endswith("null_tokens"):  # every modality is present: the null tokens are not used
+            continue
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("fusion", sorted(FUSION_BACKBONES))
+@pytest.mark.parametrize("fusion", FUSIONS.names())
 @pytest.mark.parametrize("problem_type", ["single_label_classification", "multi_label_classification", "regression"])
 def test_outputs_for_every_backbone_and_problem_type(fusion, problem_type):
     num_labels = 1 if problem_type == "regression" else 3
@@ -193,12 +197,12 @@ def test_outputs_for_every_backbone_and_problem_type(fusion, problem_type):
               "multi_label_classification": torch.randint(0, 2, (4, 3)).float(),
               "regression": torch.randn(4)}[problem_type]
     output = model(**make_inputs(config), labels=labels)
-    assert output.expert_logits.shape == (4, 5, num_labels)
-    assert output.expert_weights.shape == (4, 5)
-    torch.testing.assert_close(output.expert_weights.sum(-1), torch.ones(4))
-    torch.testing.assert_close(output.logits, torch.einsum("bk,bkc->bc", output.expert_weights, output.expert_logits))
+    assert output.component_logits.shape == (4, 5, num_labels)
+    assert output.component_weights.shape == (4, 5)
+    torch.testing.assert_close(output.component_weights.sum(-1), torch.ones(4))
+    torch.testing.assert_close(output.logits, torch.einsum("bk,bkc->bc", output.component_weights, output.component_logits))
     assert set(output.loss_terms) == {*model.interaction.component_names, "interaction"}
-    expected = model.task_loss(output.logits, labels) + config.i2moe_lambda_int * output.interaction_loss
+    expected = model.task_loss(output.logits, labels) + config.i2moe.lambda_int * output.loss_terms["interaction"]
     torch.testing.assert_close(output.loss, expected)
     assert torch.isfinite(output.loss)
 
@@ -244,7 +248,7 @@ def test_bf16_autocast_on_cpu():
         output = model(**make_inputs(config), labels=torch.tensor([0, 1, 2, 0]))
     output.loss.backward()
     assert torch.isfinite(output.loss)
-    torch.testing.assert_close(output.expert_weights.sum(-1), torch.ones(4))
+    torch.testing.assert_close(output.component_weights.sum(-1), torch.ones(4))
     assert all(p.grad is not None for p in model.interaction.parameters())
 
 
@@ -256,8 +260,8 @@ def test_torch_compile_smoke():
     tokens = torch.randn(4, 2, 16)
     present = torch.ones(4, 2, dtype=torch.bool)
     result = compiled(tokens, present=present, null_tokens=torch.zeros(2, 16))
-    result.auxiliary_loss.backward()
-    assert torch.isfinite(result.auxiliary_loss)
+    result.interaction_loss.backward()
+    assert torch.isfinite(result.interaction_loss)
     interaction.eval()
     torch.testing.assert_close(compiled(tokens, present=present, null_tokens=torch.zeros(2, 16)).logits,
                                interaction(tokens, present=present, null_tokens=torch.zeros(2, 16)).logits)
@@ -269,7 +273,7 @@ def test_save_and_load_round_trip(tmp_path):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "experts_i2moe.py").exists()  # remote code travels with the model
     loaded = I2MoEForClassification.from_pretrained(tmp_path).eval()
-    assert loaded.config.i2moe_perturbation == "null" and loaded.config.i2moe_temperature == 2.0
+    assert loaded.config.i2moe.perturbation == "null" and loaded.config.i2moe.temperature == 2.0
     inputs = make_inputs(config)
     torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
 
@@ -277,11 +281,12 @@ def test_save_and_load_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"i2moe_perturbation": "gaussian"}, "i2moe_perturbation"),
-        ({"i2moe_temperature": 0.0}, "i2moe_temperature"),
-        ({"i2moe_lambda_int": -1.0}, "i2moe_lambda_int"),
-        ({"i2moe_reweight_num_layers": 0}, "i2moe_reweight_num_layers"),
-        ({"i2moe_reweight_dropout": 1.0}, "i2moe_reweight_dropout"),
+        ({"i2moe_perturbation": "gaussian"}, "i2moe.perturbation"),
+        ({"i2moe": {"temperature": 0.0}}, "i2moe.temperature"),
+        ({"i2moe_lambda_int": -1.0}, "i2moe.lambda_int"),
+        ({"i2moe": {"reweight_num_layers": 0}}, "i2moe.reweight_num_layers"),
+        ({"i2moe_reweight_dropout": 1.0}, "i2moe.reweight_dropout"),
+        ({"i2moe": {"no_such_setting": 1}}, "unknown keys"),
         ({"feature_sizes": (8,)}, "at least 2 modalities"),
     ],
 )

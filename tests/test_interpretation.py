@@ -36,7 +36,7 @@ def test_interpret_collects_sample_level_outputs(model):
     data = make_data()
     result = interpret(model, data, batch_size=4, progress=True)
     assert model.training  # the mode is restored
-    assert result.component_names == ["uniqueness_m0", "uniqueness_m1", "synergy", "redundancy"]
+    assert result.component_names == ["uniqueness_m0", "uniqueness_m1", "redundancy", "synergy"]
     assert result.weights.shape == (10, 4) and result.component_logits.shape == (10, 4, 3)
     np.testing.assert_allclose(result.weights.sum(1), 1.0, rtol=1e-5)
     # Contributions w_k * y_k add up to the model's logits.
@@ -45,7 +45,7 @@ def test_interpret_collects_sample_level_outputs(model):
     with torch.no_grad():
         direct = model(m0_features=torch.stack([d["m0_features"] for d in data]),
                        m1_features=torch.stack([d["m1_features"] for d in data]))
-    np.testing.assert_allclose(result.weights, direct.expert_weights.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(result.weights, direct.component_weights.numpy(), rtol=1e-5)
     record = result.samples()[1]
     assert record["label"] == "dog" and set(record["weights"]) == set(result.component_names)
     assert set(record["contributions"]["synergy"]) == {"cat", "dog", "bird"}
@@ -122,12 +122,13 @@ def test_json_and_csv_exports(model, tmp_path):
     with open(tmp_path / "interp.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 10 and rows[0]["label"] == "cat"
-    assert float(rows[3]["weight_synergy"]) == pytest.approx(result.weights[3, 2], rel=1e-6)
-    assert float(rows[3]["contribution_redundancy_dog"]) == pytest.approx(result.contributions[3, 3, 1], rel=1e-5)
+    synergy, redundancy = result.component_names.index("synergy"), result.component_names.index("redundancy")
+    assert float(rows[3]["weight_synergy"]) == pytest.approx(result.weights[3, synergy], rel=1e-6)
+    assert float(rows[3]["contribution_redundancy_dog"]) == pytest.approx(result.contributions[3, redundancy, 1], rel=1e-5)
 
 
 class _GateModel(torch.nn.Module):
-    """A stand-in for DMIL: outputs `gate_weights`/`component_logits` and names its components."""
+    """A stand-in for DMIL: outputs `component_weights`/`component_logits` and names its components."""
 
     def __init__(self):
         super().__init__()
@@ -138,11 +139,11 @@ class _GateModel(torch.nn.Module):
     def forward(self, x):
         component_logits = self.linear(x).view(-1, 3, 2)
         gate = torch.softmax(component_logits.sum(-1), -1)
-        return SimpleNamespace(gate_weights=gate, component_logits=component_logits,
+        return SimpleNamespace(component_weights=gate, component_logits=component_logits,
                                logits=(gate[..., None] * component_logits).sum(1))
 
 
-def test_reads_gate_weights_when_there_are_no_expert_weights():
+def test_reads_component_weights_when_there_are_no_component_weights():
     result = interpret(_GateModel(), [{"x": torch.randn(2)} for _ in range(5)], batch_size=2, progress=False)
     assert result.component_names == ["uniqueness_x", "redundancy", "synergy"]
     assert result.labels is None and result.weights.shape == (5, 3)
@@ -161,7 +162,7 @@ def test_plots_write_readable_figures(model, tmp_path):
     result = interpret(model, make_data(12), batch_size=4, progress=False)
     figure = plot_weight_distributions(result, path=tmp_path / "weights.png")
     assert [tick.get_text() for tick in figure.axes[0].get_xticklabels()] == [
-        "uniqueness\nm0", "uniqueness\nm1", "synergy", "redundancy"]
+        "uniqueness\nm0", "uniqueness\nm1", "redundancy", "synergy"]
     assert [text.get_text() for text in figure.legends[0].get_texts()] == ["mean weight", "uniform mix (1/4)"]
     assert figure.axes[0].get_ylim() == (-0.02, 1.02)  # weights on their full scale, comparable across panels
     per_class = plot_weight_distributions(result, by_class=True, max_classes=2, path=tmp_path / "per_class.png")
@@ -169,7 +170,7 @@ def test_plots_write_readable_figures(model, tmp_path):
     assert per_class.get_suptitle().endswith("the 2 most frequent of 3 classes")
     bars = plot_sample_contributions(result, indices=[0, 3, 5], path=tmp_path / "samples.png")
     legend = [text.get_text() for text in bars.axes[0].get_legend().get_texts()]
-    assert legend == ["logit (sum)", "uniqueness m0", "uniqueness m1", "synergy", "redundancy"]
+    assert legend == ["logit (sum)", "uniqueness m0", "uniqueness m1", "redundancy", "synergy"]
     assert all(tick.get_rotation() == 40 for tick in bars.axes[0].get_xticklabels())  # long class names stay apart
     for name in ("weights.png", "per_class.png", "samples.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

@@ -2,12 +2,12 @@ import pytest
 import torch
 from transformers import AutoModel, BertModel, ViTConfig, ViTModel
 
-from i2moe import FUSION_BACKBONES, I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification, I2MoELeNetConfig
+from i2moe import FUSIONS, I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification, I2MoELeNetConfig
 
 from conftest import make_config, make_inputs, tiny_bert_config
 
 
-@pytest.mark.parametrize("fusion", sorted(FUSION_BACKBONES))
+@pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_forward_backward_with_rows_missing_a_modality(fusion):
     config = make_config(fusion=fusion, feature_sizes=(8, 4, 5), num_tokens=[1, 2, 1])
     model = I2MoEForClassification(config).train()
@@ -18,7 +18,7 @@ def test_forward_backward_with_rows_missing_a_modality(fusion):
     output.loss.backward()
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     assert all(p.grad is not None for p in trainable.values())
-    assert model.null_tokens.grad.abs().sum() > 0
+    assert all(model.encoders[name].null_tokens.grad.abs().sum() > 0 for name in config.modality_names)
 
 
 def test_missing_rows_see_exactly_the_null_tokens():
@@ -38,14 +38,14 @@ def test_modality_missing_in_the_whole_batch_trains_and_skips_its_tower():
     config = make_config(feature_sizes=(8, 4))
     model = I2MoEForClassification(config).train()
     calls = []
-    model.towers["m1"].register_forward_hook(lambda *args: calls.append(1))
+    model.encoders["m1"].tower.register_forward_hook(lambda *args: calls.append(1))
     inputs = make_inputs(config, batch_size=4)
     del inputs["m1_features"]
     inputs["modality_mask"] = torch.tensor([[1, 0]] * 4)
     output = model(**inputs, labels=torch.tensor([0, 1, 2, 0]))
     output.loss.backward()
     assert not calls
-    assert model.null_tokens.grad[1].abs().sum() > 0
+    assert model.encoders["m1"].null_tokens.grad.abs().sum() > 0
     # Without a mask, modalities whose inputs are absent count as missing.
     no_mask = {k: v for k, v in inputs.items() if k != "modality_mask"}
     torch.testing.assert_close(model.eval()(**no_mask).logits, model(**inputs).logits)
@@ -77,8 +77,11 @@ def test_bad_inputs_raise_clear_errors():
         model(**dict(inputs, m0_features=torch.ones(2, 8, dtype=torch.long)))
     with pytest.raises(ValueError, match=r"labels: class indices must lie in \[0, 2\]"):
         model(**inputs, labels=torch.tensor([0, 3]))
-    with pytest.raises(ValueError, match=r"labels: multi-label classification expects multi-hot labels of shape \(2, 3\)"):
+    # The first labelled call stored problem_type="single_label_classification"; a fresh model infers multi-label.
+    with pytest.raises(ValueError, match=r"labels: single-label classification expects integer class indices"):
         model(**inputs, labels=torch.tensor([[0], [1]]))
+    with pytest.raises(ValueError, match=r"labels: multi-label classification expects multi-hot labels of shape \(2, 3\)"):
+        I2MoEForClassification(make_config())(**inputs, labels=torch.tensor([[0], [1]]))
     single = I2MoEForClassification(make_config(problem_type="single_label_classification"))
     with pytest.raises(ValueError, match="labels: single-label classification expects integer"):
         single(**inputs, labels=torch.tensor([0.0, 1.0]))
@@ -113,8 +116,9 @@ def test_multiple_tokens_and_cnn_and_text_towers():
         hidden_size=16, fusion="transformer", fusion_num_heads=2, num_labels=2,
     )
     model = I2MoEForClassification(config)
+    cached = {f"{name}_{argument}" for name in ("image", "text") for argument in ("tower_features", "tower_features_mask")}
     assert set(model.input_names) == {"image_pixel_values", "text_input_ids", "text_attention_mask",
-                                      "text_token_type_ids", "modality_mask"}
+                                      "text_token_type_ids", "modality_mask", *cached}
     output = model(image_pixel_values=torch.randn(2, 1, 28, 28), text_input_ids=torch.randint(0, 100, (2, 6)),
                    text_attention_mask=torch.tensor([[1] * 6, [1] * 3 + [0] * 3]), labels=torch.tensor([0, 1]))
     assert output.logits.shape == (2, 2)
@@ -139,13 +143,13 @@ def test_frozen_tower_gets_no_gradient_and_stays_in_eval_mode():
         hidden_size=16, num_labels=2,
     )
     model = I2MoEForClassification(config).train()
-    assert not model.towers["image"].training and model.towers["tab"].training
-    stats = model.towers["image"].blocks[0][1].running_mean.clone()
+    assert not model.encoders["image"].tower.training and model.encoders["tab"].tower.training
+    stats = model.encoders["image"].tower.blocks[0][1].running_mean.clone()
     output = model(image_pixel_values=torch.randn(4, 1, 28, 28) + 3, tab_features=torch.randn(4, 3),
                    labels=torch.tensor([0, 1, 0, 1]))
     output.loss.backward()
-    assert all(p.grad is None for p in model.towers["image"].parameters())
-    torch.testing.assert_close(model.towers["image"].blocks[0][1].running_mean, stats)
+    assert all(p.grad is None for p in model.encoders["image"].tower.parameters())
+    torch.testing.assert_close(model.encoders["image"].tower.blocks[0][1].running_mean, stats)
 
 
 def test_frozen_tower_stays_frozen_after_loading(tmp_path):
@@ -156,9 +160,9 @@ def test_frozen_tower_stays_frozen_after_loading(tmp_path):
     )
     I2MoEForClassification(config).save_pretrained(tmp_path)
     loaded = I2MoEForClassification.from_pretrained(tmp_path).train()
-    assert not any(p.requires_grad for p in loaded.towers["image"].parameters())
-    assert all(p.requires_grad for p in loaded.towers["tab"].parameters())
-    assert not loaded.towers["image"].training
+    assert not any(p.requires_grad for p in loaded.encoders["image"].tower.parameters())
+    assert all(p.requires_grad for p in loaded.encoders["tab"].tower.parameters())
+    assert not loaded.encoders["image"].tower.training
 
 
 def test_pretrained_towers_are_bit_identical_after_building(tmp_path):
@@ -172,7 +176,7 @@ def test_pretrained_towers_are_bit_identical_after_building(tmp_path):
     )
     reference_vit = ViTModel.from_pretrained(tmp_path / "vit")
     for name, source in (("image", reference_vit.state_dict()), ("text", bert.state_dict())):
-        tower_state = model.towers[name].state_dict()
+        tower_state = model.encoders[name].tower.state_dict()
         for key, value in source.items():
             assert torch.equal(tower_state[key], value), f"{name}.{key} changed while building the model"
     assert model.config.modalities[0].tower_name_or_path == str(tmp_path / "vit")
@@ -188,10 +192,10 @@ def test_from_pretrained_towers_logs_the_new_weights(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         I2MoEForClassification.from_pretrained_towers({"text": bert}, hidden_size=16, num_labels=2)
     logging.disable_propagation()
-    assert "newly initialized" in caplog.text and "null_tokens" in caplog.text and "towers.text" not in caplog.text
+    assert "newly initialized" in caplog.text and "null_tokens" in caplog.text and "encoders.text.tower." not in caplog.text
 
 
-@pytest.mark.parametrize("fusion", sorted(FUSION_BACKBONES))
+@pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_save_and_load_give_identical_logits_through_auto_model(tmp_path, fusion):
     config = make_config(fusion=fusion, num_tokens=[2, 1])
     model = I2MoEForClassification(config).eval()

@@ -47,7 +47,7 @@ def test_real_text_tower_weights_are_untouched(model_and_batch):
     reference = AutoModel.from_pretrained(MINILM_DIR).state_dict()
     assert len(shipped) > 50
     for key, value in reference.items():
-        assert torch.equal(model.towers["text"].state_dict()[key], value), key
+        assert torch.equal(model.encoders["text"].tower.state_dict()[key], value), key
     assert model.config.modalities[1].tower_name_or_path == MINILM_DIR
 
 

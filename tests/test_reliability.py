@@ -23,13 +23,13 @@ from hypothesis import strategies as st
 from transformers import AutoConfig, AutoModel, BertTokenizer, Trainer, TrainerCallback, TrainingArguments, ViTConfig
 
 from i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification, I2MoEProcessor
-from i2moe.modeling_i2moe import INTERACTIONS
+from i2moe.registry_i2moe import INTERACTIONS
 from i2moe.processing_i2moe import I2MoEFeatureNormalizer
 
 from conftest import make_config, make_inputs, tiny_bert_config
 
 
-METHODS = sorted(INTERACTIONS)
+METHODS = INTERACTIONS.names()
 
 
 def _variants() -> dict[str, dict]:
@@ -375,7 +375,7 @@ CHECKPOINT_FAULTS = {
         r"holds modalities \['m0', 'm1'\].*has \['m0', 'other'\]"),
     "config.json edited to rename a modality": (
         renamed_second_modality, AutoModel.from_pretrained, ValueError,
-        r"do not match the config's modalities \['m0', 'other'\]: no weights for \['other'\], unused weights of \['m1'\]"),
+        r"do not match its config.*modalities \['m0', 'other'\].*no weights for \['encoders.other'\], unused weights of \['encoders.m1'\]"),
     "truncated safetensors": (
         lambda path: _truncate(path / "model.safetensors", 0.5), AutoModel.from_pretrained, OSError,
         "the safetensors weights cannot be read .*truncated or corrupt"),
@@ -383,8 +383,8 @@ CHECKPOINT_FAULTS = {
         lambda path: _truncate(path / "model.safetensors", 0.0001), AutoModel.from_pretrained, OSError,
         "the safetensors weights cannot be read"),
     "config of a newer format version": (
-        lambda path: edit_config(path, i2moe_format_version=2), AutoModel.from_pretrained, ValueError,
-        "`i2moe_format_version` is 2, but this code reads versions 1 to 1.*trust_remote_code=True"),
+        lambda path: edit_config(path, i2moe_format_version=3), AutoModel.from_pretrained, ValueError,
+        "`i2moe_format_version` is 3, but this code reads versions 1 to 2.*trust_remote_code=True"),
     "format version that is not an int": (
         lambda path: edit_config(path, i2moe_format_version="1"), AutoConfig.from_pretrained, ValueError,
         "`i2moe_format_version` must be a positive int, got '1'"),
@@ -421,7 +421,7 @@ def test_checkpoint_fault_gets_a_clear_error(saved_model, tmp_path, case):
 def test_intact_checkpoint_still_loads_with_its_own_or_an_equal_config(saved_model):
     model, info = I2MoEForClassification.from_pretrained(saved_model, config=make_config(), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert AutoModel.from_pretrained(saved_model).config.i2moe_format_version == 1
+    assert AutoModel.from_pretrained(saved_model).config.i2moe_format_version == 2
 
 
 # ---------------------------------------------------------------------------------------------

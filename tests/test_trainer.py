@@ -7,7 +7,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from i2moe import I2MoEForClassification
-from i2moe.modeling_i2moe import INTERACTIONS
+from i2moe.registry_i2moe import INTERACTIONS
 
 from conftest import make_config
 
@@ -64,7 +64,7 @@ def test_short_training_run_lowers_the_loss(tmp_path):
     assert after < 0.8 * before
 
 
-@pytest.mark.parametrize("method", sorted(INTERACTIONS))
+@pytest.mark.parametrize("method", INTERACTIONS.names())
 def test_compute_metrics_receives_the_logits(tmp_path, method):
     seen = {}
 

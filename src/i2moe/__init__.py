@@ -2,9 +2,12 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoProcessor
 
-from .configuration_i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoELeNetConfig, ModalityConfig
+from .configuration_i2moe import (
+    DMILConfig, I2M2Config, I2MoEConfig, I2MoEExpertsConfig, I2MoEFeaturesConfig, I2MoELeNetConfig, ModalityConfig,
+)
 from . import hub
-from .fusion_i2moe import FUSION_BACKBONES, TokenLayout, build_fusion, register_fusion
+from .encoders_i2moe import ModalityEncoder
+from .fusion_i2moe import InteractionOutput, TokenLayout, build_fusion, register_fusion
 from .modeling_i2moe import I2MoEForClassification, I2MoEOutput, I2MoEPreTrainedModel
 from .processing_i2moe import I2MoEFeatureNormalizer, I2MoEProcessor
 from .towers_efficientnet_lite import (
@@ -12,17 +15,14 @@ from .towers_efficientnet_lite import (
     I2MoEEfficientNetLiteForImageClassification,
     I2MoEEfficientNetLiteModel,
 )
+from .registry_i2moe import FUSIONS, INTERACTIONS, POOLERS, TOWERS
 from .towers_i2moe import I2MoEFeaturesModel, I2MoELeNetModel
 
 
 __version__ = "0.1.0"
 
-for _config_class, _model_class in (
-    (I2MoEConfig, I2MoEForClassification),
-    (I2MoEFeaturesConfig, I2MoEFeaturesModel),
-    (I2MoELeNetConfig, I2MoELeNetModel),
-    (I2MoEEfficientNetLiteConfig, I2MoEEfficientNetLiteModel),
-):
+for _model_class in (I2MoEForClassification, *(TOWERS.get(name) for name in TOWERS.names())):
+    _config_class = _model_class.config_class
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     AutoModel.register(_config_class, _model_class, exist_ok=True)
     # `save_pretrained` then writes `auto_map` and copies the code files, so saved models load with
@@ -40,8 +40,12 @@ I2MoEForClassification.hub_publisher = staticmethod(hub.push_to_hub)
 I2MoEProcessor.register_for_auto_class()
 
 __all__ = [
-    "FUSION_BACKBONES",
+    "DMILConfig",
+    "FUSIONS",
+    "I2M2Config",
+    "INTERACTIONS",
     "I2MoEConfig",
+    "I2MoEExpertsConfig",
     "I2MoEEfficientNetLiteConfig",
     "I2MoEEfficientNetLiteForImageClassification",
     "I2MoEEfficientNetLiteModel",
@@ -54,7 +58,11 @@ __all__ = [
     "I2MoEOutput",
     "I2MoEPreTrainedModel",
     "I2MoEProcessor",
+    "InteractionOutput",
     "ModalityConfig",
+    "ModalityEncoder",
+    "POOLERS",
+    "TOWERS",
     "TokenLayout",
     "build_fusion",
     "register_fusion",

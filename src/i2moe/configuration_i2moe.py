@@ -1,29 +1,32 @@
-"""I2MoE model configuration: named modalities with their towers, and the fusion part on top.
+"""I2MoE model configuration: named modalities with their towers, the fusion part on top, and the
+settings of the interaction method in a sub-config of their own.
 
-This file travels with saved models as Hub remote code: it imports nothing of the package beyond
-its sibling files (no datasets, plotting or training helpers).
+This file travels with saved models as Hub remote code: it imports only transformers and its sibling
+`registry_i2moe` (names of the registered parts, no torch modules).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import keyword
 from dataclasses import dataclass
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 
-from .experts_i2moe import PERTURBATIONS
-from .fusion_i2moe import FUSION_BACKBONES
-from .towers_efficientnet_lite import I2MoEEfficientNetLiteConfig
+from .registry_i2moe import FUSIONS, INTERACTIONS, POOLERS, Registry
 
 
-POOLINGS = ("cls", "mean", "pooler")
-METHODS = ("vanilla", "i2moe", "dmil")
+# The layout of saved configs and weights (`I2MoEConfig.i2moe_format_version`).
+FORMAT_VERSION = 2
+PERTURBATIONS = ("noise", "zero", "mean", "null")
 I2M2_MODES = ("product", "intra", "inter")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+# Built-in tower configs by `model_type` (the towers themselves are in `registry_i2moe.TOWERS`).
+TOWER_CONFIGS = Registry("tower config", {})
 
-
+@TOWER_CONFIGS.register("i2moe_features")
 class I2MoEFeaturesConfig(PreTrainedConfig):
     r"""
     Configuration of the built-in tower for float feature vectors (tabular columns, precomputed embeddings).
@@ -59,6 +62,7 @@ class I2MoEFeaturesConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
 
+@TOWER_CONFIGS.register("i2moe_lenet")
 class I2MoELeNetConfig(PreTrainedConfig):
     r"""
     Configuration of the built-in LeNet-style CNN tower for small images and spectrograms (AV-MNIST).
@@ -97,11 +101,68 @@ class I2MoELeNetConfig(PreTrainedConfig):
         return self.base_channels * 2**self.num_additional_layers
 
 
-# Tower configs this file defines itself: they must resolve even where the package is not installed
-# (remote code), so they are looked up here before `AutoConfig`.
-BUILTIN_TOWER_CONFIGS = {
-    cls.model_type: cls for cls in (I2MoEFeaturesConfig, I2MoELeNetConfig, I2MoEEfficientNetLiteConfig)
-}
+# Lite0 stages: (repeats, kernel size, stride, expansion ratio, input channels, output channels).
+LITE0_STAGES = [
+    [1, 3, 1, 1, 32, 16],
+    [2, 3, 2, 6, 16, 24],
+    [2, 5, 2, 6, 24, 40],
+    [3, 3, 2, 6, 40, 80],
+    [3, 5, 1, 6, 80, 112],
+    [4, 5, 2, 6, 112, 192],
+    [1, 3, 1, 6, 192, 320],
+]
+
+
+@TOWER_CONFIGS.register("i2moe_efficientnet_lite")
+class I2MoEEfficientNetLiteConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`I2MoEEfficientNetLiteModel`] (defaults: EfficientNet-Lite0, 4.7M parameters).
+
+    Args:
+        num_channels (`int`): input image channels.
+        stem_channels (`int`): channels of the stride-2 3x3 stem convolution.
+        stages (`list[list[int]]`): per stage `[repeats, kernel_size, stride, expand_ratio,
+            in_channels, out_channels]` of its inverted-residual (MBConv) blocks.
+        hidden_size (`int`): channels of the 1x1 head convolution: the width of the tower's output.
+        batch_norm_eps (`float`), batch_norm_momentum (`float`): BatchNorm settings (TensorFlow's
+            1e-3 and 0.99, i.e. PyTorch momentum 0.01).
+        classifier_dropout_prob (`float`): dropout before the ImageNet classifier.
+
+    Example:
+
+    ```python
+    >>> from i2moe import I2MoEEfficientNetLiteConfig
+    >>> I2MoEEfficientNetLiteConfig().hidden_size
+    1280
+    ```
+    """
+
+    model_type = "i2moe_efficientnet_lite"
+    num_channels: int = 3
+    stem_channels: int = 32
+    stages: list | None = None
+    hidden_size: int = 1280
+    batch_norm_eps: float = 1e-3
+    batch_norm_momentum: float = 0.01
+    classifier_dropout_prob: float = 0.2
+
+    def __post_init__(self, **kwargs):
+        if self.stages is None:
+            self.stages = [list(stage) for stage in LITE0_STAGES]
+        for index, stage in enumerate(self.stages):
+            if len(stage) != 6 or any(isinstance(value, bool) or not isinstance(value, int) or value < 1 for value in stage):
+                raise ValueError(
+                    f"I2MoEEfficientNetLiteConfig: stages[{index}] must be 6 positive ints [repeats, kernel_size, stride, "
+                    f"expand_ratio, in_channels, out_channels], got {stage!r}"
+                )
+        channels = [self.stem_channels] + [stage[5] for stage in self.stages[:-1]]
+        mismatched = [index for index, (stage, expected) in enumerate(zip(self.stages, channels)) if stage[4] != expected]
+        if mismatched:
+            raise ValueError(
+                f"I2MoEEfficientNetLiteConfig: stage(s) {mismatched} take in_channels that differ from the previous "
+                "stage's out_channels (or stem_channels for stage 0)"
+            )
+        super().__post_init__(**kwargs)
 
 
 def tower_config_from_dict(config_dict: dict) -> PreTrainedConfig:
@@ -111,8 +172,8 @@ def tower_config_from_dict(config_dict: dict) -> PreTrainedConfig:
     model_type = config_dict.pop("model_type", None)
     if model_type is None:
         raise ValueError(f"A modality's `tower` dict needs a `model_type` key, got keys {sorted(config_dict)}")
-    if model_type in BUILTIN_TOWER_CONFIGS:
-        return BUILTIN_TOWER_CONFIGS[model_type](**config_dict)
+    if model_type in TOWER_CONFIGS:  # defined here, so they resolve where the package is not installed (remote code)
+        return TOWER_CONFIGS.get(model_type)(**config_dict)
     try:
         return AutoConfig.for_model(model_type, **config_dict)
     except ValueError as error:
@@ -140,10 +201,11 @@ class ModalityConfig:
         name (`str`): identifier of the modality; the model's inputs for it are named
             `{name}_{tower_input}` (e.g. `image_pixel_values`, `text_input_ids`).
         tower (`PreTrainedConfig` or `dict`): config of the tower; any config `AutoModel` builds,
-            or a built-in one (`I2MoEFeaturesConfig`, `I2MoELeNetConfig`).
-        pooling (`str`): how the tower's token sequence becomes one vector when `num_tokens == 1`:
-            `"cls"` (first token), `"mean"` (mean over non-padding tokens and spatial positions) or
-            `"pooler"` (the tower's `pooler_output`).
+            or a built-in one (`I2MoEFeaturesConfig`, `I2MoELeNetConfig`, `I2MoEEfficientNetLiteConfig`).
+        pooling (`str`): how the tower's token sequence becomes one vector when `num_tokens == 1`, a
+            name registered in `POOLERS`: `"cls"` (first token), `"mean"` (mean over non-padding tokens
+            and spatial positions), `"max"` (elementwise max over them) or `"pooler"` (the tower's
+            `pooler_output`).
         num_tokens (`int`): tokens this modality contributes to fusion. 1 gives one pooled vector;
             P > 1 gives P tokens, resampled from the tower's sequence by P learned queries.
         freeze (`bool`): keep the tower's weights fixed (no gradient, BatchNorm/dropout in eval mode).
@@ -168,8 +230,7 @@ class ModalityConfig:
                 f"modality {self.name!r}: `tower` must be a PreTrainedConfig or a dict with `model_type`, "
                 f"got {type(self.tower).__name__}"
             )
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"modality {self.name!r}: `pooling` must be one of {POOLINGS}, got {self.pooling!r}")
+        POOLERS.check(self.pooling, f"modalities[{self.name!r}].pooling", owner="ModalityConfig")
         _require_positive_int(f"modalities[{self.name!r}].num_tokens", self.num_tokens, "I2MoEConfig")
         if not isinstance(self.freeze, bool):
             raise TypeError(f"modality {self.name!r}: `freeze` must be a bool, got {self.freeze!r}")
@@ -187,39 +248,183 @@ class ModalityConfig:
         }
 
 
+class _Settings:
+    """Shared behaviour of the method sub-configs: built from a dict (config.json) or themselves,
+    validated on construction, written back as a plain dict."""
+
+    @classmethod
+    def parse(cls, value, field: str):
+        if isinstance(value, cls):
+            return copy.deepcopy(value)
+        if isinstance(value, dict):
+            known = {item.name for item in dataclasses.fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ValueError(f"I2MoEConfig: `{field}` has unknown keys {unknown}; known: {sorted(known)}")
+            return cls(**value)
+        raise TypeError(f"I2MoEConfig: `{field}` must be a {cls.__name__} or a dict, got {type(value).__name__}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class I2MoEExpertsConfig(_Settings):
+    r"""
+    Settings of the I2MoE interaction part (`method="i2moe"`; `docs/i2moe.md`).
+
+    Args:
+        lambda_int (`float`): weight of the interaction loss, `loss = task + lambda_int * L_int`.
+        perturbation (`str`): what replaces a perturbed modality's tokens: `"noise"` (fresh N(0, I),
+            the paper's choice), `"zero"`, `"mean"` (batch mean) or `"null"` (the learned null tokens).
+        margin (`float`): margin of the uniqueness triplet loss.
+        temperature (`float`): softmax temperature of the reweighting model.
+        reweight_hidden_size (`int`), reweight_num_layers (`int`), reweight_dropout (`float`): the
+            reweighting MLP (`num_layers` counts its linear layers).
+    """
+
+    lambda_int: float = 0.1
+    perturbation: str = "noise"
+    margin: float = 1.0
+    temperature: float = 1.0
+    reweight_hidden_size: int = 128
+    reweight_num_layers: int = 2
+    reweight_dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.perturbation not in PERTURBATIONS:
+            raise ValueError(f"I2MoEConfig: `i2moe.perturbation` must be one of {PERTURBATIONS}, got {self.perturbation!r}")
+        for field in ("lambda_int", "margin"):
+            _require_number(f"i2moe.{field}", getattr(self, field), minimum=0.0)
+        _require_number("i2moe.temperature", self.temperature, minimum=0.0, inclusive=False)
+        for field in ("reweight_hidden_size", "reweight_num_layers"):
+            _require_positive_int(f"i2moe.{field}", getattr(self, field), "I2MoEConfig")
+        _require_rate("i2moe.reweight_dropout", self.reweight_dropout)
+
+
+@dataclass
+class DMILConfig(_Settings):
+    r"""
+    Settings of the DMIL interaction part (`method="dmil"`; `docs/dmil.md`).
+
+    Args:
+        latent_size (`int`): width of every latent (M_m, N_m, R, U_m, S) of the decomposition.
+        kl_weight (`float`): weight of each KL-to-N(0, I) term of the variational bottlenecks.
+        reconstruction_weight (`float`): weight of the reconstruction losses (level 1: v_m from
+            [M_m, N_m]; level 2: mu(M_m) from [R, U_m]).
+        alignment_weight (`float`): weight of the redundancy alignment sum_m KL(q(R | all) || q(R | M_m)).
+        stage (`int`): training stage (1: level 1 only; 2: level 2, heads and gate on a frozen level 1;
+            3: all); it sets the loss composition, and in stage 1 the prediction.
+        stage2_component_weight, stage3_component_weight (`float`): weights of the component heads'
+            cross-entropies in stages 2 and 3; stage3_unimodal_weight: of the level-1 heads' in stage 3.
+        full_decomposition (`bool`, *optional*): the redundancy/uniqueness level on top of level 1.
+            Default: True for 2 modalities, False for more (the paper validated only the
+            intra-modality level beyond two; True for M > 2 is an extension).
+    """
+
+    latent_size: int = 32
+    kl_weight: float = 0.02
+    reconstruction_weight: float = 0.005
+    alignment_weight: float = 0.02
+    stage: int = 1
+    stage2_component_weight: float = 0.5
+    stage3_component_weight: float = 0.8
+    stage3_unimodal_weight: float = 0.5
+    full_decomposition: bool | None = None
+
+    def __post_init__(self):
+        _require_positive_int("dmil.latent_size", self.latent_size, "I2MoEConfig")
+        for field in ("kl_weight", "reconstruction_weight", "alignment_weight", "stage2_component_weight",
+                      "stage3_component_weight", "stage3_unimodal_weight"):
+            _require_number(f"dmil.{field}", getattr(self, field), minimum=0.0)
+        if self.stage not in (1, 2, 3) or isinstance(self.stage, bool):
+            raise ValueError(f"I2MoEConfig: `dmil.stage` must be 1, 2 or 3, got {self.stage!r}")
+        if self.full_decomposition is not None and not isinstance(self.full_decomposition, bool):
+            raise TypeError(f"I2MoEConfig: `dmil.full_decomposition` must be a bool or None, got {self.full_decomposition!r}")
+
+
+@dataclass
+class I2M2Config(_Settings):
+    r"""
+    Settings of the I2M2 unimodal heads (NeurIPS 2024; `docs/i2m2.md`): one unimodal classifier per
+    modality combined with the interaction part as a product of experts. `config.i2m2 = None` means
+    no heads.
+
+    Args:
+        mode (`str`): which experts predict: `"product"` (unimodal heads x interaction part),
+            `"intra"` (the product of the unimodal heads alone) or `"inter"` (the interaction part
+            alone). Every part exists in every mode, so one checkpoint is evaluated in each mode by
+            changing this field.
+        separate_towers (`bool`): the heads get their own encoder (tower, projection) per modality,
+            the paper's separate unimodal networks, instead of reading the shared modality tokens.
+        tower_overrides (`dict`, *optional*): separate towers only: tower-config fields that differ
+            from the modality's tower, per modality (e.g. `{"image": {"base_channels": 3}}`).
+        head_hidden_size (`int`, *optional*): hidden width of each head's MLP (default:
+            `fusion_hidden_size`).
+    """
+
+    mode: str = "product"
+    separate_towers: bool = False
+    tower_overrides: dict | None = None
+    head_hidden_size: int | None = None
+
+    def __post_init__(self):
+        if self.mode not in I2M2_MODES:
+            raise ValueError(f"I2MoEConfig: `i2m2.mode` must be one of {I2M2_MODES}, got {self.mode!r}")
+        if not isinstance(self.separate_towers, bool):
+            raise TypeError(f"I2MoEConfig: `i2m2.separate_towers` must be a bool, got {self.separate_towers!r}")
+        if self.head_hidden_size is not None:
+            _require_positive_int("i2m2.head_hidden_size", self.head_hidden_size, "I2MoEConfig")
+        if self.tower_overrides is not None and not isinstance(self.tower_overrides, dict):
+            raise TypeError(f"I2MoEConfig: `i2m2.tower_overrides` must be a dict, got {type(self.tower_overrides).__name__}")
+        if self.tower_overrides and not self.separate_towers:
+            raise ValueError(
+                "I2MoEConfig: `i2m2.tower_overrides` configures the unimodal heads' own towers; it needs "
+                "`i2m2.separate_towers=True`"
+            )
+
+
+# The method sub-config each `method` reads (vanilla fusion has none).
+METHOD_SETTINGS = {"i2moe": I2MoEExpertsConfig, "dmil": DMILConfig}
+
+
 class I2MoEConfig(PreTrainedConfig):
     r"""
     Configuration of [`I2MoEForClassification`]: an ordered set of named modalities, each with a
-    tower, projected to a common width `hidden_size`, and a fusion backbone that maps all modality
-    tokens to `num_labels` outputs.
+    tower, projected to a common width `hidden_size`, and an interaction part (`method`) over a
+    fusion backbone that maps all modality tokens to `num_labels` outputs.
 
     Args:
         modalities (`list[ModalityConfig | dict]`): the modalities, in order. The order fixes the
-            columns of `modality_mask` and the order of the interaction experts.
+            columns of `modality_mask` and the order of the uniqueness components.
         hidden_size (`int`): the common projection width d of all modality tokens.
-        method (`str`): the interaction part; `"vanilla"` is one fusion backbone, `"i2moe"` the
-            I2MoE interaction experts (see `docs/i2moe.md`), `"dmil"` the DMIL decomposition (see
-            `docs/dmil.md`).
-        fusion (`str`): the fusion backbone, a key of `FUSION_BACKBONES`
-            (`"concat"`, `"transformer"`, `"lrtf"`).
+        method (`str`): the interaction part, a name registered in `INTERACTIONS`: `"vanilla"` (one
+            fusion backbone), `"i2moe"` (interaction experts, settings in `i2moe`) or `"dmil"` (the
+            DMIL decomposition, settings in `dmil`).
+        fusion (`str`): the fusion backbone, a name registered in `FUSIONS` (`"concat"`,
+            `"transformer"`, `"lrtf"`).
         fusion_num_layers (`int`): transformer fusion: number of joint self-attention blocks.
         fusion_num_heads (`int`): transformer fusion: attention heads (must divide `hidden_size`).
         fusion_intermediate_size (`int`, *optional*): transformer fusion: MLP width (default 4d).
         fusion_hidden_size (`int`): hidden width of the MLP head of the concat and LRTF backbones.
         lrtf_rank (`int`), lrtf_output_size (`int`): low-rank tensor fusion rank and output width.
         dropout (`float`): dropout in projections and fusion.
+        modality_dropout (`float`, `dict[str, float]` or `list[float]`): in training only, the rate
+            at which each sample's modality is replaced by its null tokens (one rate for all, or one
+            per modality by name or in order); a sample never loses all its present modalities.
+            Needed for meaningful outputs on missing modalities and for `i2moe.attribution`.
         initializer_range (`float`): std of the normal init of the new (non-tower) weights.
-        i2moe_lambda_int (`float`): I2MoE: weight of the interaction loss, `loss = task + lambda_int * L_int`.
-        i2moe_perturbation (`str`): I2MoE: what replaces a perturbed modality's tokens: `"noise"`
-            (fresh N(0, I), the paper's choice), `"zero"`, `"mean"` (batch mean) or `"null"` (the
-            learned null tokens used for missing modalities).
-        i2moe_margin (`float`): I2MoE: margin of the uniqueness triplet loss.
-        i2moe_temperature (`float`): I2MoE: softmax temperature of the reweighting model.
-        i2moe_reweight_hidden_size (`int`), i2moe_reweight_num_layers (`int`),
-        i2moe_reweight_dropout (`float`): I2MoE: the reweighting MLP (number of linear layers).
+        i2moe (`I2MoEExpertsConfig` or `dict`): the I2MoE settings (only with `method="i2moe"`).
+        dmil (`DMILConfig` or `dict`): the DMIL settings (only with `method="dmil"`).
+        i2m2 (`I2M2Config`, `dict` or `None`): I2M2 unimodal heads on top of any method; `None`: none.
         num_labels, id2label, label2id, problem_type: as in every transformers classifier;
-            `problem_type` is `"single_label_classification"`, `"multi_label_classification"`
-            or `"regression"` (inferred from `num_labels` and the labels when left unset).
+            `problem_type` is `"single_label_classification"`, `"multi_label_classification"` or
+            `"regression"`. Left unset it is `"regression"` for `num_labels=1` (single-label for DMIL),
+            and otherwise resolved from the labels of the first labelled call and stored here (so
+            it is saved, and inference uses the rule training used).
+
+    The flat keywords of configs saved before format version 2 (`i2moe_lambda_int`, `dmil_stage`,
+    `i2m2_heads`, `i2m2_mode`, ...) are still accepted and moved into the sub-configs.
 
     Example:
 
@@ -232,10 +437,10 @@ class I2MoEConfig(PreTrainedConfig):
     ...                                              num_attention_heads=2, intermediate_size=128)},
     ...         {"name": "tabular", "tower": I2MoEFeaturesConfig(input_size=12)},
     ...     ],
-    ...     hidden_size=64, fusion="transformer", num_labels=3,
+    ...     hidden_size=64, fusion="transformer", num_labels=3, method="i2moe", i2moe={"lambda_int": 0.5},
     ... )
-    >>> config.modality_names
-    ['text', 'tabular']
+    >>> config.modality_names, config.i2moe.lambda_int
+    (['text', 'tabular'], 0.5)
     ```
     """
 
@@ -254,61 +459,21 @@ class I2MoEConfig(PreTrainedConfig):
     lrtf_rank: int = 16
     lrtf_output_size: int = 128
     dropout: float = 0.1
+    modality_dropout: Any = 0.0
     initializer_range: float = 0.02
-
-    # --- I2MoE interaction experts (method="i2moe") ---
-    i2moe_lambda_int: float = 0.1
-    i2moe_perturbation: str = "noise"
-    i2moe_margin: float = 1.0
-    i2moe_temperature: float = 1.0
-    i2moe_reweight_hidden_size: int = 128
-    i2moe_reweight_num_layers: int = 2
-    i2moe_reweight_dropout: float = 0.1
-
-    # --- I2M2 unimodal heads ---
-    # One unimodal classifier per modality combined with the interaction part as a product of
-    # experts (I2M2, NeurIPS 2024); see `I2MoEForClassification` and docs/i2m2.md.
-    i2m2_heads: bool = False
-    # Which experts predict: "product" (unimodal heads x interaction part), "intra" (the product of
-    # the unimodal heads alone) or "inter" (the interaction part alone). Every part exists in every
-    # mode, so one checkpoint is evaluated in each mode by changing this field.
-    i2m2_mode: str = "product"
-    # The unimodal heads get their own copy of each modality's tower and projection (the paper's
-    # separate unimodal networks) instead of reading the shared modality tokens.
-    i2m2_separate_towers: bool = False
-    # Separate towers only: tower-config fields that differ from the modality's tower, per modality
-    # (e.g. {"image": {"base_channels": 3}} for narrower unimodal LeNets).
-    i2m2_tower_overrides: dict | None = None
-    # Hidden width of each unimodal head's MLP (default: `fusion_hidden_size`).
-    i2m2_head_hidden_size: int | None = None
-
-    # --- DMIL decomposition (method="dmil") ---
-    # Width of every latent (M_m, N_m, R, U_m, S) of the decomposition.
-    dmil_latent_size: int = 32
-    # Weight of each KL-to-N(0, I) term of the variational bottlenecks.
-    dmil_kl_weight: float = 0.02
-    # Weight of the reconstruction losses (level 1: v_m from [M_m, N_m]; level 2: mu(M_m) from [R, U_m]).
-    dmil_reconstruction_weight: float = 0.005
-    # Weight of the redundancy alignment sum_m KL(q(R | all) || q(R | M_m)).
-    dmil_alignment_weight: float = 0.02
-    # Training stage (1: level 1 only; 2: level 2, heads and gate on a frozen level 1; 3: all);
-    # it sets the loss composition, and in stage 1 the prediction (see `DMILInteraction`).
-    dmil_stage: int = 1
-    # Weights of the per-head cross-entropies: component heads in stage 2 and 3, unimodal (M_m) heads in stage 3.
-    dmil_stage2_component_weight: float = 0.5
-    dmil_stage3_component_weight: float = 0.8
-    dmil_stage3_unimodal_weight: float = 0.5
-    # Redundancy/uniqueness level on top of level 1. None: True for 2 modalities, False for more (the
-    # paper validated only the intra-modality level beyond two); True for M > 2 is an extension.
-    dmil_full_decomposition: bool | None = None
-
-    # --- Saved format (reliability) ---
+    i2moe: Any = None
+    dmil: Any = None
+    i2m2: Any = None
     # The layout of saved configs and weights this code reads; bumped on incompatible changes, so a
     # config.json from a newer layout fails with an error instead of loading into the wrong weights.
-    i2moe_format_version: int = 1
+    # Version 1 (flat method fields, shared `towers`/`projections`/`null_tokens` weights) is converted
+    # on load (`I2MoEForClassification.from_pretrained`).
+    i2moe_format_version: int = FORMAT_VERSION
 
     def __post_init__(self, **kwargs):
         _check_format_version(self.i2moe_format_version)
+        _move_flat_method_fields(self, kwargs)
+        self.i2moe_format_version = FORMAT_VERSION
         self.modalities = _parse_modalities(self.modalities)
         for field in ("hidden_size", "fusion_num_layers", "fusion_num_heads", "fusion_hidden_size",
                       "lrtf_rank", "lrtf_output_size"):
@@ -316,92 +481,88 @@ class I2MoEConfig(PreTrainedConfig):
         if self.fusion_intermediate_size is None:
             self.fusion_intermediate_size = 4 * self.hidden_size
         _require_positive_int("fusion_intermediate_size", self.fusion_intermediate_size, "I2MoEConfig")
-        if self.method not in METHODS:
-            raise ValueError(f"I2MoEConfig: unknown `method` {self.method!r}; expected one of {METHODS}")
-        if self.fusion not in FUSION_BACKBONES:
-            raise ValueError(
-                f"I2MoEConfig: unknown `fusion` {self.fusion!r}; expected one of {sorted(FUSION_BACKBONES)}"
-            )
+        INTERACTIONS.check(self.method, "method")
+        FUSIONS.check(self.fusion, "fusion")
         if self.fusion == "transformer" and self.hidden_size % self.fusion_num_heads:
             raise ValueError(
                 f"I2MoEConfig: `hidden_size` ({self.hidden_size}) must be divisible by `fusion_num_heads` "
                 f"({self.fusion_num_heads}) for transformer fusion"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"I2MoEConfig: `dropout` must be in [0, 1), got {self.dropout!r}")
-        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
-            raise ValueError(f"I2MoEConfig: `problem_type` must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
-        # --- I2MoE validation ---
-        if self.method == "i2moe":
-            _validate_i2moe(self)
-
-        # --- I2M2 validation ---
-        self._validate_i2m2()
-
-        # --- DMIL validation ---
-        _require_positive_int("dmil_latent_size", self.dmil_latent_size, "I2MoEConfig")
-        for field in ("dmil_kl_weight", "dmil_reconstruction_weight", "dmil_alignment_weight",
-                      "dmil_stage2_component_weight", "dmil_stage3_component_weight", "dmil_stage3_unimodal_weight"):
-            _require_number(field, getattr(self, field), minimum=0.0)
-        if self.dmil_stage not in (1, 2, 3) or isinstance(self.dmil_stage, bool):
-            raise ValueError(f"I2MoEConfig: `dmil_stage` must be 1, 2 or 3, got {self.dmil_stage!r}")
-        if self.dmil_full_decomposition is None:
-            self.dmil_full_decomposition = len(self.modalities) == 2
-        if not isinstance(self.dmil_full_decomposition, bool):
-            raise TypeError(f"I2MoEConfig: `dmil_full_decomposition` must be a bool or None, got {self.dmil_full_decomposition!r}")
-        if self.method == "dmil":
-            if len(self.modalities) < 2:
-                raise ValueError(f"I2MoEConfig: method='dmil' decomposes at least 2 modalities, got {len(self.modalities)}")
-            if self.problem_type not in (None, "single_label_classification"):
-                raise ValueError(
-                    f"I2MoEConfig: method='dmil' supports single-label classification only, got problem_type={self.problem_type!r}"
-                )
-
+        _require_rate("dropout", self.dropout)
+        _check_modality_dropout(self.modality_dropout, self.modality_names)
+        self._parse_method_settings()
+        if self.i2m2 is not None:
+            self.i2m2 = I2M2Config.parse(self.i2m2, "i2m2")
+            self._validate_i2m2()
         super().__post_init__(**kwargs)
         _require_positive_int("num_labels", self.num_labels, "I2MoEConfig")
+        self._resolve_problem_type()
+
+    def _parse_method_settings(self) -> None:
+        """The active method's sub-config, built with defaults when not given; another method's is an error."""
+        for method, settings_class in METHOD_SETTINGS.items():
+            value = getattr(self, method)
+            if method == self.method:
+                setattr(self, method, settings_class.parse(settings_class() if value is None else value, method))
+            elif value is not None:
+                raise ValueError(
+                    f"I2MoEConfig: `{method}` settings are given but `method` is {self.method!r}; set "
+                    f"method={method!r} or drop `{method}`"
+                )
+        if self.method == "i2moe" and self.num_modalities < 2:
+            raise ValueError(
+                f"I2MoEConfig: method='i2moe' needs at least 2 modalities (uniqueness and synergy are defined "
+                f"between modalities), got {self.num_modalities}"
+            )
+        if self.method == "dmil":
+            if self.num_modalities < 2:
+                raise ValueError(f"I2MoEConfig: method='dmil' decomposes at least 2 modalities, got {self.num_modalities}")
+            if self.dmil.full_decomposition is None:
+                self.dmil.full_decomposition = self.num_modalities == 2
+
+    def _resolve_problem_type(self) -> None:
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"I2MoEConfig: `problem_type` must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
+        if self.problem_type is None and self.num_labels == 1:
+            self.problem_type = "regression"
+        if self.method == "dmil":
+            if self.problem_type not in (None, "single_label_classification"):
+                raise ValueError(
+                    f"I2MoEConfig: method='dmil' supports single-label classification only, got "
+                    f"problem_type={self.problem_type!r}"
+                )
+            self.problem_type = "single_label_classification"
 
     def _validate_i2m2(self) -> None:
-        for field in ("i2m2_heads", "i2m2_separate_towers"):
-            if not isinstance(getattr(self, field), bool):
-                raise TypeError(f"I2MoEConfig: `{field}` must be a bool, got {getattr(self, field)!r}")
-        if self.i2m2_mode not in I2M2_MODES:
-            raise ValueError(f"I2MoEConfig: `i2m2_mode` must be one of {I2M2_MODES}, got {self.i2m2_mode!r}")
-        if self.i2m2_mode != "product" and not self.i2m2_heads:
-            raise ValueError(
-                f"I2MoEConfig: `i2m2_mode={self.i2m2_mode!r}` selects among the I2M2 experts; set `i2m2_heads=True`"
-            )
-        if self.i2m2_head_hidden_size is None:
-            self.i2m2_head_hidden_size = self.fusion_hidden_size
-        _require_positive_int("i2m2_head_hidden_size", self.i2m2_head_hidden_size, "I2MoEConfig")
-        overrides = self.i2m2_tower_overrides or {}
-        if not isinstance(overrides, dict):
-            raise TypeError(f"I2MoEConfig: `i2m2_tower_overrides` must be a dict, got {type(overrides).__name__}")
-        if overrides and not (self.i2m2_heads and self.i2m2_separate_towers):
-            raise ValueError(
-                "I2MoEConfig: `i2m2_tower_overrides` configures the unimodal heads' own towers; it needs "
-                "`i2m2_heads=True` and `i2m2_separate_towers=True`"
-            )
+        if self.i2m2.head_hidden_size is None:
+            self.i2m2.head_hidden_size = self.fusion_hidden_size
         by_name = {modality.name: modality for modality in self.modalities}
-        for name, fields in overrides.items():
+        for name, fields in (self.i2m2.tower_overrides or {}).items():
             if name not in by_name:
-                raise ValueError(
-                    f"I2MoEConfig: `i2m2_tower_overrides` names modality {name!r}; the modalities are {list(by_name)}"
-                )
+                raise ValueError(f"I2MoEConfig: `i2m2.tower_overrides` names modality {name!r}; the modalities are {list(by_name)}")
             unknown = sorted(field for field in fields if not hasattr(by_name[name].tower, field))
             if unknown:
                 raise ValueError(
-                    f"I2MoEConfig: `i2m2_tower_overrides[{name!r}]` sets {unknown}, which "
+                    f"I2MoEConfig: `i2m2.tower_overrides[{name!r}]` sets {unknown}, which "
                     f"{type(by_name[name].tower).__name__} does not have"
                 )
 
     def i2m2_tower_config(self, name: str) -> PreTrainedConfig:
-        """The config of modality `name`'s unimodal tower when `i2m2_separate_towers` is set: the
-        modality's tower config with `i2m2_tower_overrides[name]` applied."""
-        tower = next(modality.tower for modality in self.modalities if modality.name == name)
-        tower = copy.deepcopy(tower)
-        for field, value in (self.i2m2_tower_overrides or {}).get(name, {}).items():
+        """The config of modality `name`'s unimodal tower when `i2m2.separate_towers` is set: the
+        modality's tower config with `i2m2.tower_overrides[name]` applied."""
+        tower = copy.deepcopy(next(modality.tower for modality in self.modalities if modality.name == name))
+        for field, value in (self.i2m2.tower_overrides or {}).get(name, {}).items():
             setattr(tower, field, value)
         return tower
+
+    def modality_dropout_rates(self) -> list[float]:
+        """`modality_dropout` as one rate per modality, in modality order."""
+        rates = self.modality_dropout
+        if isinstance(rates, dict):
+            return [float(rates.get(name, 0.0)) for name in self.modality_names]
+        if isinstance(rates, (list, tuple)):
+            return [float(rate) for rate in rates]
+        return [float(rates)] * self.num_modalities
 
     @property
     def modality_names(self) -> list[str]:
@@ -414,7 +575,67 @@ class I2MoEConfig(PreTrainedConfig):
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
         output["modalities"] = [modality.to_dict() for modality in self.modalities]
+        for method in ("i2moe", "dmil", "i2m2"):
+            value = getattr(self, method)
+            output[method] = None if value is None else value.to_dict()
         return output
+
+
+# Version-1 flat fields -> (sub-config, field). A flat field of a method the config does not use
+# had no effect then and is dropped.
+_FLAT_FIELDS = {
+    **{f"i2moe_{name}": ("i2moe", name) for name in
+       ("lambda_int", "perturbation", "margin", "temperature", "reweight_hidden_size", "reweight_num_layers",
+        "reweight_dropout")},
+    **{f"dmil_{name}": ("dmil", name) for name in
+       ("latent_size", "kl_weight", "reconstruction_weight", "alignment_weight", "stage", "stage2_component_weight",
+        "stage3_component_weight", "stage3_unimodal_weight", "full_decomposition")},
+    **{f"i2m2_{name}": ("i2m2", name) for name in ("mode", "separate_towers", "tower_overrides", "head_hidden_size")},
+}
+
+
+def _move_flat_method_fields(config: I2MoEConfig, kwargs: dict) -> None:
+    """Move the flat keywords of format version 1 (also accepted from callers) into the sub-configs."""
+    i2m2_heads = kwargs.pop("i2m2_heads", None)
+    flat = {key: kwargs.pop(key) for key in list(kwargs) if key in _FLAT_FIELDS}
+    if not flat and i2m2_heads is None:
+        return
+    grouped: dict[str, dict] = {}
+    for key, value in flat.items():
+        method, field = _FLAT_FIELDS[key]
+        grouped.setdefault(method, {})[field] = value
+    for method in METHOD_SETTINGS:
+        settings = grouped.pop(method, None)
+        if settings is None or method != config.method:
+            continue
+        current = getattr(config, method)
+        current = current.to_dict() if isinstance(current, _Settings) else dict(current or {})
+        setattr(config, method, {**settings, **current})
+    i2m2 = grouped.pop("i2m2", {})
+    if i2m2_heads and config.i2m2 is None:
+        config.i2m2 = i2m2
+    elif not i2m2_heads and config.i2m2 is None and (
+            i2m2.get("mode", "product") != "product" or i2m2.get("separate_towers") or i2m2.get("tower_overrides")):
+        raise ValueError(
+            f"I2MoEConfig: {sorted(f'i2m2_{key}' for key in i2m2)} configure the I2M2 heads; set `i2m2_heads=True` "
+            "(or pass `i2m2={...}`)"
+        )
+
+
+def _check_modality_dropout(rates, names: list[str]) -> None:
+    if isinstance(rates, dict):
+        unknown = sorted(set(rates) - set(names))
+        if unknown:
+            raise ValueError(f"I2MoEConfig: `modality_dropout` names modalities {unknown}; the modalities are {names}")
+        values = list(rates.values())
+    elif isinstance(rates, (list, tuple)):
+        if len(rates) != len(names):
+            raise ValueError(f"I2MoEConfig: `modality_dropout` holds {len(rates)} rates for {len(names)} modalities {names}")
+        values = list(rates)
+    else:
+        values = [rates]
+    for value in values:
+        _require_rate("modality_dropout", value)
 
 
 def _parse_modalities(modalities) -> list[ModalityConfig]:
@@ -449,30 +670,6 @@ def _parse_modalities(modalities) -> list[ModalityConfig]:
     return parsed
 
 
-def _validate_i2moe(config: "I2MoEConfig") -> None:
-    if config.num_modalities < 2:
-        raise ValueError(
-            f"I2MoEConfig: method='i2moe' needs at least 2 modalities (uniqueness and synergy are defined "
-            f"between modalities), got {config.num_modalities}"
-        )
-    if config.i2moe_perturbation not in PERTURBATIONS:
-        raise ValueError(
-            f"I2MoEConfig: `i2moe_perturbation` must be one of {PERTURBATIONS}, got {config.i2moe_perturbation!r}"
-        )
-    for field in ("i2moe_lambda_int", "i2moe_margin"):
-        _require_number(field, getattr(config, field), minimum=0.0)
-    _require_number("i2moe_temperature", config.i2moe_temperature, minimum=0.0, inclusive=False)
-    for field in ("i2moe_reweight_hidden_size", "i2moe_reweight_num_layers"):
-        _require_positive_int(field, getattr(config, field), "I2MoEConfig")
-    if not 0.0 <= config.i2moe_reweight_dropout < 1.0:
-        raise ValueError(
-            f"I2MoEConfig: `i2moe_reweight_dropout` must be in [0, 1), got {config.i2moe_reweight_dropout!r}"
-        )
-
-
-FORMAT_VERSION = 1
-
-
 def _check_format_version(version) -> None:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"I2MoEConfig: `i2moe_format_version` must be a positive int, got {version!r}")
@@ -492,9 +689,23 @@ def _require_number(field: str, value, minimum: float, inclusive: bool = True) -
                          f"got {value!r}")
 
 
+def _require_rate(field: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"I2MoEConfig: `{field}` must be in [0, 1), got {value!r}")
+
+
 def _require_positive_int(field: str, value, owner: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{owner}: `{field}` must be a positive int, got {value!r}")
 
 
-__all__ = ["I2MoEConfig", "I2MoEFeaturesConfig", "I2MoELeNetConfig", "ModalityConfig"]
+__all__ = [
+    "DMILConfig",
+    "I2M2Config",
+    "I2MoEConfig",
+    "I2MoEEfficientNetLiteConfig",
+    "I2MoEExpertsConfig",
+    "I2MoEFeaturesConfig",
+    "I2MoELeNetConfig",
+    "ModalityConfig",
+]

@@ -13,14 +13,14 @@ Level 2, consistency, on the means of M_m and the sampled N_m:
   separable).
 
 Components c in (U_1..U_M, R, S) each get a linear head; a gate MLP on all components gives
-softmax weights g and the prediction `sum_c g_c * logits_c`. With `dmil_full_decomposition=False`
+softmax weights g and the prediction `sum_c g_c * logits_c`. With `config.dmil.full_decomposition=False`
 (the default for more than two modalities, the setting the paper validated) level 2 is skipped and
 the components are the level-1 parts: (M_1..M_M, S).
 
 Per-modality weights are stacked along a leading axis and run as batched matmuls (`StackedLinear`),
 so the part costs a handful of kernels whatever the number of modalities.
 
-The training stage (`config.dmil_stage`) picks the loss composition; the stage schedule itself
+The training stage (`config.dmil.stage`) picks the loss composition; the stage schedule itself
 (freezing, fresh optimisers, best checkpoints) lives in `i2moe.dmil_training`.
 
 This file travels with saved models as Hub remote code: it imports only torch, transformers and
@@ -36,7 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from .fusion_i2moe import InteractionOutput, ModalityMean, StackedLinear, StackedMLPHead, TokenLayout
+from .fusion_i2moe import (
+    InteractionOutput, ModalityMean, StackedLinear, StackedMLPHead, TokenLayout, interaction_component_names,
+)
+from .registry_i2moe import INTERACTIONS
 
 
 def gaussian_kl_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -91,7 +94,7 @@ class DMILIntraModality(nn.Module):
 
     def __init__(self, config, num_modalities: int):
         super().__init__()
-        hidden, latent = config.hidden_size, config.dmil_latent_size
+        hidden, latent = config.hidden_size, config.dmil.latent_size
         self.task_vib = StackedVIB(num_modalities, hidden, latent)
         self.inter_vib = StackedVIB(num_modalities, hidden, latent)
         self.decoder = StackedMLPHead(
@@ -122,7 +125,7 @@ class DMILConsistency(nn.Module):
 
     def __init__(self, config, num_modalities: int):
         super().__init__()
-        latent = config.dmil_latent_size
+        latent = config.dmil.latent_size
         self.num_modalities = num_modalities
         self.redundancy_vib = StackedVIB(1, num_modalities * latent, latent)
         # Per modality, one matmul gives both q(R | M_m) (the alignment target) and U_m.
@@ -157,7 +160,7 @@ class DMILSynergy(nn.Module):
 
     def __init__(self, config, num_modalities: int):
         super().__init__()
-        latent = config.dmil_latent_size
+        latent = config.dmil.latent_size
         pairs = list(itertools.combinations(range(num_modalities), 2))
         self.register_buffer("pair_left", torch.tensor([i for i, _ in pairs], dtype=torch.long), persistent=False)
         self.register_buffer("pair_right", torch.tensor([j for _, j in pairs], dtype=torch.long), persistent=False)
@@ -172,16 +175,17 @@ class DMILSynergy(nn.Module):
         return self.mlp(features[None])[0]
 
 
+@INTERACTIONS.register("dmil")
 class DMILInteraction(nn.Module):
     r"""
     The DMIL interaction part: two-level decomposition, one head per component and a gate.
 
-    Outputs (fields of `I2MoEOutput`): `logits`, `component_logits` (B, K, C) and `gate_weights`
-    (B, K) in the order of `component_names`, `unimodal_logits` (B, M, C) from the level-1 heads,
-    `loss_terms` (every loss term, unweighted) and `interaction_loss` (the weighted sum the stage
-    adds to the task loss).
+    Outputs (an `InteractionOutput`): `logits`, `component_logits` (B, K, C) and `component_weights`
+    (B, K, the gate) in the order of `component_names`, `unimodal_logits` (B, M, C) from the level-1
+    heads, `loss_terms` (every loss term, unweighted) and `interaction_loss` (the weighted sum the
+    stage adds to the task loss).
 
-    What `config.dmil_stage` does (the model adds the task cross-entropy on `logits` in every stage):
+    What `config.dmil.stage` does (the model adds the task cross-entropy on `logits` in every stage):
     1. Only level 1 runs. `logits` is the mean of the unimodal heads' log-probabilities, *detached*,
        so the task loss adds its value but no gradient and the gradient is exactly
        `L1 = sum_m [CE(head(M_m)) + kl_weight * (KL(M_m) + KL(N_m)) + reconstruction_weight * Rec_m]`;
@@ -199,23 +203,23 @@ class DMILInteraction(nn.Module):
     >>> config = I2MoEConfig(
     ...     modalities=[{"name": "image", "tower": I2MoEFeaturesConfig(input_size=8)},
     ...                 {"name": "audio", "tower": I2MoEFeaturesConfig(input_size=4)}],
-    ...     hidden_size=32, method="dmil", dmil_stage=3, num_labels=3,
+    ...     hidden_size=32, method="dmil", dmil={"stage": 3}, num_labels=3,
     ... )
     >>> model = I2MoEForClassification(config).eval()
     >>> model.interaction.component_names
     ['uniqueness_image', 'uniqueness_audio', 'redundancy', 'synergy']
     >>> out = model(image_features=torch.randn(2, 8), audio_features=torch.randn(2, 4))
-    >>> out.gate_weights.shape, out.component_logits.shape
+    >>> out.component_weights.shape, out.component_logits.shape
     (torch.Size([2, 4]), torch.Size([2, 4, 3]))
     ```
     """
 
     def __init__(self, config, layout: TokenLayout):
         super().__init__()
-        self.config = config
+        self.config = config  # `config.dmil` is read at every call: the schedule changes its `stage`
         self.modality_names = list(layout.names)
-        num_modalities, latent = layout.num_modalities, config.dmil_latent_size
-        self.full_decomposition = config.dmil_full_decomposition
+        num_modalities, latent = layout.num_modalities, config.dmil.latent_size
+        self.full_decomposition = config.dmil.full_decomposition
         self.modality_mean = ModalityMean(layout)
         self.intra = DMILIntraModality(config, num_modalities)
         self.consistency = DMILConsistency(config, num_modalities) if self.full_decomposition else None
@@ -230,7 +234,7 @@ class DMILInteraction(nn.Module):
     def component_names(self) -> list[str]:
         """Names of the components, in the order of `component_logits` and `gate_weights`."""
         if self.full_decomposition:
-            return [f"uniqueness_{name}" for name in self.modality_names] + ["redundancy", "synergy"]
+            return interaction_component_names(self.modality_names)
         return [f"intra_{name}" for name in self.modality_names] + ["synergy"]
 
     @property
@@ -240,7 +244,7 @@ class DMILInteraction(nn.Module):
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor,
                 labels: torch.Tensor | None = None) -> InteractionOutput:
-        stage = self.config.dmil_stage
+        stage = self.config.dmil.stage
         pooled = self.modality_mean(tokens).transpose(0, 1)  # (M, B, d)
         intra = self.intra(pooled)
         unimodal_logits = intra["unimodal_logits"].transpose(0, 1)  # (B, M, C)
@@ -253,15 +257,13 @@ class DMILInteraction(nn.Module):
             component_logits = self.component_heads(components).transpose(0, 1)  # (B, K, C)
             gate_weights = self.gate(components.transpose(0, 1).flatten(1)[None])[0].float().softmax(-1)
             logits = (gate_weights[..., None] * component_logits.float()).sum(1)
-            outputs.update(component_logits=component_logits, gate_weights=gate_weights)
+            outputs.update(component_logits=component_logits, component_weights=gate_weights)
         if labels is None:
-            return InteractionOutput(logits=logits, extra_outputs=outputs)
+            return InteractionOutput(logits=logits, **outputs)
         terms["ce_unimodal"] = _summed_cross_entropy(unimodal_logits, labels)
         if stage > 1:
             terms["ce_components"] = _summed_cross_entropy(outputs["component_logits"], labels)
-        auxiliary_loss = self._stage_loss(stage, terms)
-        outputs.update(interaction_loss=auxiliary_loss, loss_terms=terms)
-        return InteractionOutput(logits=logits, auxiliary_loss=auxiliary_loss, extra_outputs=outputs)
+        return InteractionOutput(logits=logits, interaction_loss=self._stage_loss(stage, terms), loss_terms=terms, **outputs)
 
     def _components(self, intra: dict[str, torch.Tensor], terms: dict[str, torch.Tensor]) -> torch.Tensor:
         synergy = self.synergy(intra["inter"])
@@ -273,21 +275,21 @@ class DMILInteraction(nn.Module):
         return torch.cat([consistency["unique"], consistency["redundancy"][None], synergy[None]], dim=0)
 
     def _stage_loss(self, stage: int, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        config = self.config
+        settings = self.config.dmil
         zero = terms["kl_intra"].new_zeros(())
         level2 = (
-            config.dmil_kl_weight * terms.get("kl_consistency", zero)
-            + config.dmil_alignment_weight * terms.get("alignment", zero)
-            + config.dmil_reconstruction_weight * terms.get("reconstruction_consistency", zero)
+            settings.kl_weight * terms.get("kl_consistency", zero)
+            + settings.alignment_weight * terms.get("alignment", zero)
+            + settings.reconstruction_weight * terms.get("reconstruction_consistency", zero)
         )
-        level1 = config.dmil_kl_weight * terms["kl_intra"] + config.dmil_reconstruction_weight * terms["reconstruction_intra"]
+        level1 = settings.kl_weight * terms["kl_intra"] + settings.reconstruction_weight * terms["reconstruction_intra"]
         if stage == 1:
             return terms["ce_unimodal"] + level1
         if stage == 2:
-            return config.dmil_stage2_component_weight * terms["ce_components"] + level2
+            return settings.stage2_component_weight * terms["ce_components"] + level2
         return (
-            config.dmil_stage3_unimodal_weight * terms["ce_unimodal"]
-            + config.dmil_stage3_component_weight * terms["ce_components"]
+            settings.stage3_unimodal_weight * terms["ce_unimodal"]
+            + settings.stage3_component_weight * terms["ce_components"]
             + level1 + level2
         )
 

@@ -61,9 +61,8 @@ def dmil_frozen_modules(model: I2MoEForClassification, stage: int) -> tuple[str,
     """Names of the submodules whose parameters stage `stage` freezes.
 
     Stage 1: the level-2 modules (redundancy/uniqueness, synergy, component heads, gate), which
-    take no part in its loss. Stage 2: everything upstream of the interaction part (towers,
-    projections) and level 1. Stage 3: none. (`apply_dmil_stage` also freezes the model's
-    `null_tokens` parameter in stage 2.)
+    take no part in its loss. Stage 2: everything outside the interaction part (the encoders with
+    their towers and null tokens, the I2M2 heads and their encoders) and level 1. Stage 3: none.
     """
     interaction = model.interaction
     level1 = [f"interaction.{name}" for name, module in interaction.named_children() if module in interaction.level1_modules]
@@ -73,7 +72,8 @@ def dmil_frozen_modules(model: I2MoEForClassification, stage: int) -> tuple[str,
             if f"interaction.{name}" not in level1 and next(module.parameters(), None) is not None
         )
     if stage == 2:
-        return (*[name for name, _ in model.named_children() if name != "interaction"], *level1)
+        outside = [name for name, module in model.named_children() if name != "interaction" and next(module.parameters(), None) is not None]
+        return (*outside, *level1)
     return ()
 
 
@@ -92,9 +92,10 @@ def _eval_mode_modules(model: I2MoEForClassification, frozen: tuple[str, ...]) -
 
 
 def apply_dmil_stage(model: I2MoEForClassification, stage: int) -> None:
-    """Put a DMIL model in stage `stage`: set `config.dmil_stage` (the loss composition), set
-    `requires_grad` (a modality with `freeze=True` stays frozen in every stage), and keep the
-    frozen modules in eval mode (BatchNorm statistics and dropout) through `model.train()`.
+    """Put a DMIL model in stage `stage`: set `config.dmil.stage` (the loss composition) and freeze
+    the stage's modules through the model's own `set_frozen` (so a tower configured `freeze=True`,
+    shared or I2M2-separate, stays frozen in every stage, and an unused tower pooler stays off);
+    stage 2's frozen modules stay in eval mode (BatchNorm statistics and dropout) through `train()`.
 
     Example:
 
@@ -106,7 +107,7 @@ def apply_dmil_stage(model: I2MoEForClassification, stage: int) -> None:
     ...                      hidden_size=16, method="dmil", num_labels=2)
     >>> model = I2MoEForClassification(config)
     >>> apply_dmil_stage(model, 2)
-    >>> any(p.requires_grad for p in model.towers.parameters()), model.train().towers.training
+    >>> any(p.requires_grad for p in model.encoders.parameters()), model.train().encoders.training
     (False, False)
     ```
     """
@@ -114,33 +115,25 @@ def apply_dmil_stage(model: I2MoEForClassification, stage: int) -> None:
         raise ValueError(f"apply_dmil_stage: the model's `config.method` must be 'dmil', got {model.config.method!r}")
     if stage not in (1, 2, 3):
         raise ValueError(f"apply_dmil_stage: `stage` must be 1, 2 or 3, got {stage!r}")
-    model.config.dmil_stage = stage
+    model.config.dmil.stage = stage
     frozen = dmil_frozen_modules(model, stage)
-    frozen_parameters = {id(p) for name in frozen for p in model.get_submodule(name).parameters()}
-    if stage == 2:
-        frozen_parameters.add(id(model.null_tokens))  # the missing-modality tokens feed level 1 too
-    for modality in model.config.modalities:
-        if modality.freeze:
-            frozen_parameters.update(id(p) for p in model.towers[modality.name].parameters())
-    for parameter in model.parameters():
-        parameter.requires_grad_(id(parameter) not in frozen_parameters)
     # Stage 1's frozen level-2 modules are simply unused; only stage 2 must pin BatchNorm/dropout.
-    model.frozen_modules = _eval_mode_modules(model, frozen) if stage == 2 else ()
-    model.train(model.training)
+    model.set_frozen(frozen, eval_modules=_eval_mode_modules(model, frozen) if stage == 2 else ())
 
 
 def dmil_compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
     """Accuracy of `logits` and synergy against the model's own unimodal (level-1) heads.
 
-    The predictions tuple holds the model's array outputs in `I2MoEOutput` order: `logits`
-    first, then `unimodal_logits`.
+    The predictions tuple holds the model's array outputs in `I2MoEOutput` field order: `logits`
+    first and `unimodal_logits` last (the scalar `interaction_loss` and `loss_terms` are kept out
+    by `config.keys_to_ignore_at_inference`).
     """
     outputs = prediction.predictions if isinstance(prediction.predictions, tuple) else (prediction.predictions,)
     labels = np.asarray(prediction.label_ids)
     correct = outputs[0].argmax(-1) == labels
     metrics = {"accuracy": float(correct.mean())}
-    if len(outputs) > 1 and outputs[1].ndim == 3:
-        unimodal_correct = outputs[1].argmax(-1) == labels[:, None]
+    if len(outputs) > 1:
+        unimodal_correct = outputs[-1].argmax(-1) == labels[:, None]
         metrics["synergy"] = float((correct & ~unimodal_correct.any(1)).mean())
     return metrics
 

@@ -1,7 +1,7 @@
 """I2MoE interaction experts: K = M + 2 fusion backbones trained by weak supervision, mixed per sample.
 
-Experts, in order: one *uniqueness* expert per modality, one *synergy* expert, one *redundancy*
-expert. Each is a full copy of the configured fusion backbone with its own head; all K run as one
+Experts, in order (`interaction_component_names`): one *uniqueness* expert per modality, one
+*redundancy* expert, one *synergy* expert. Each is a full copy of the configured fusion backbone with its own head; all K run as one
 stacked backbone (`num_stacks=K`), so they cost a few batched kernels, not K passes.
 
 Training step (`self.training`):
@@ -24,15 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fusion_i2moe import InteractionOutput, ModalityMean, TokenLayout, build_fusion
-
-
-PERTURBATIONS = ("noise", "zero", "mean", "null")
-
-
-def expert_names(modality_names) -> list[str]:
-    """Names of the K = M + 2 experts, in order: `uniqueness_<modality>`..., `synergy`, `redundancy`."""
-    return [f"uniqueness_{name}" for name in modality_names] + ["synergy", "redundancy"]
+from .fusion_i2moe import InteractionOutput, ModalityMean, TokenLayout, build_fusion, interaction_component_names
+from .registry_i2moe import INTERACTIONS
 
 
 class ReweightingModel(nn.Module):
@@ -58,16 +51,17 @@ class ReweightingModel(nn.Module):
         return torch.softmax(logits.float(), dim=-1)
 
 
+@INTERACTIONS.register("i2moe")
 class I2MoEInteraction(nn.Module):
     r"""
     The I2MoE interaction part (`config.method == "i2moe"`): K = M + 2 interaction experts over any
     registered fusion backbone, a reweighting model, and the weak-supervision interaction loss.
 
     Forward `(tokens (B, T, d), present (B, M) bool, null_tokens (T, d), labels)` returns an
-    `InteractionOutput` whose `logits` are `sum_k w_k · y_k`, whose `auxiliary_loss` is
-    `i2moe_lambda_int · L_int` (training mode only) and whose extra outputs are `expert_logits`
-    `(B, K, C)`, `expert_weights` `(B, K)` and, in training mode, `interaction_loss` and
-    `loss_terms` (one term per expert, named like `component_names`, plus `"interaction"`).
+    `InteractionOutput` whose `logits` are `sum_k w_k · y_k`, with `component_logits` `(B, K, C)`
+    (each expert on the clean inputs), `component_weights` `(B, K)` (the reweighting model) and, in
+    training mode, `interaction_loss` `config.i2moe.lambda_int · L_int` and `loss_terms` (one term
+    per expert, named like `component_names`, plus `"interaction"`: `L_int` itself).
 
     A modality already missing in a row (`present` False) is not a meaningful perturbation there
     (it already holds its null tokens), so those (row, modality) pairs are masked out of every loss
@@ -86,10 +80,10 @@ class I2MoEInteraction(nn.Module):
     ... )
     >>> model = I2MoEForClassification(config)
     >>> out = model(a_features=torch.randn(2, 8), b_features=torch.randn(2, 4), labels=torch.tensor([0, 2]))
-    >>> out.expert_logits.shape, out.expert_weights.shape
+    >>> out.component_logits.shape, out.component_weights.shape
     (torch.Size([2, 4, 3]), torch.Size([2, 4]))
     >>> model.interaction.component_names
-    ['uniqueness_a', 'uniqueness_b', 'synergy', 'redundancy']
+    ['uniqueness_a', 'uniqueness_b', 'redundancy', 'synergy']
     ```
     """
 
@@ -98,18 +92,17 @@ class I2MoEInteraction(nn.Module):
         num_modalities = layout.num_modalities
         self.num_modalities = num_modalities
         self.num_experts = num_experts = num_modalities + 2
-        self.component_names = expert_names(layout.names)
-        self.perturbation = config.i2moe_perturbation
-        self.margin = config.i2moe_margin
-        self.lambda_int = config.i2moe_lambda_int
-        self.regression = config.problem_type == "regression" or (
-            config.problem_type is None and config.num_labels == 1
-        )
+        settings = config.i2moe
+        self.component_names = interaction_component_names(layout.names)
+        self.perturbation = settings.perturbation
+        self.margin = settings.margin
+        self.lambda_int = settings.lambda_int
+        self.regression = config.problem_type == "regression"
         self.experts = build_fusion(config, layout, num_stacks=num_experts)
         self.modality_mean = ModalityMean(layout)
         self.reweighting = ReweightingModel(
-            num_modalities * config.hidden_size, num_experts, config.i2moe_reweight_hidden_size,
-            config.i2moe_reweight_num_layers, config.i2moe_reweight_dropout, config.i2moe_temperature,
+            num_modalities * config.hidden_size, num_experts, settings.reweight_hidden_size,
+            settings.reweight_num_layers, settings.reweight_dropout, settings.temperature,
         )
         # Row 0: the clean input; row j + 1: modality j's tokens replaced. Shape (V, 1, T, 1).
         variant_mask = torch.zeros(num_modalities + 1, layout.total_tokens, dtype=torch.bool)
@@ -143,23 +136,23 @@ class I2MoEInteraction(nn.Module):
         # Which candidate each expert's loss reads, as weights (K, 1, 2H, 1) over the candidates
         # [triplet (H halves), similarity input (H halves)], plus a constant per expert. Halves:
         # raw and unit-normalised logits (H = 2) for classification, raw (H = 1) for regression.
-        # Classification: cos = 1 - sq/2 on the unit half: synergy 1 - sq/2, redundancy sq/2.
-        # Regression: sim = exp(-sq) on the raw half: synergy sim, redundancy 1 - sim.
+        # Classification: cos = 1 - sq/2 on the unit half: redundancy sq/2, synergy 1 - sq/2.
+        # Regression: sim = exp(-sq) on the raw half: redundancy 1 - sim, synergy sim.
+        redundancy, synergy = self.component_names.index("redundancy"), self.component_names.index("synergy")
         halves = 1 if self.regression else 2
         routing = torch.zeros(num_experts, 1, 2 * halves, 1)
         routing[:num_modalities, 0, 0] = 1.0
-        routing[-2, 0, -1], routing[-1, 0, -1] = (1.0, -1.0) if self.regression else (-0.5, 0.5)
+        routing[redundancy, 0, -1], routing[synergy, 0, -1] = (-1.0, 1.0) if self.regression else (0.5, -0.5)
         self.register_buffer("routing", routing, persistent=False)
         offset = torch.zeros(num_experts)
-        offset[-1 if self.regression else -2] = 1.0
+        offset[redundancy if self.regression else synergy] = 1.0
         self.register_buffer("loss_offset", offset, persistent=False)
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor,
                 labels: torch.Tensor | None = None) -> InteractionOutput:
         batch = tokens.shape[0]
         weights = self.reweighting(self.modality_mean(tokens).flatten(1))  # (B, K)
-        extra = {"expert_weights": weights}
-        auxiliary_loss = None
+        interaction_loss = loss_terms = None
         if self.training:
             variants = torch.where(self.variant_mask, self.replacement(tokens, null_tokens), tokens)
             outputs = self.experts(variants.view(1, -1, *tokens.shape[1:]))
@@ -168,16 +161,17 @@ class I2MoEInteraction(nn.Module):
             # In float32 even under autocast: squared distances of large fp16 logits overflow to inf (NaN loss).
             with torch.autocast(tokens.device.type, enabled=False):
                 losses = self.interaction_loss_terms(outputs, present)
-            interaction_loss = losses.mean()
-            auxiliary_loss = self.lambda_int * interaction_loss
-            extra["interaction_loss"] = interaction_loss
-            extra["loss_terms"] = {**dict(zip(self.component_names, losses.unbind(0))), "interaction": interaction_loss}
+            unweighted = losses.mean()
+            interaction_loss = self.lambda_int * unweighted
+            loss_terms = {**dict(zip(self.component_names, losses.unbind(0))), "interaction": unweighted}
         else:
             clean = self.experts(tokens[None])  # (K, B, C)
-        expert_logits = clean.transpose(0, 1)  # (B, K, C)
-        extra["expert_logits"] = expert_logits
-        logits = torch.bmm(weights.to(expert_logits.dtype)[:, None, :], expert_logits).squeeze(1)
-        return InteractionOutput(logits=logits, auxiliary_loss=auxiliary_loss, extra_outputs=extra)
+        component_logits = clean.transpose(0, 1)  # (B, K, C)
+        logits = torch.bmm(weights.to(component_logits.dtype)[:, None, :], component_logits).squeeze(1)
+        return InteractionOutput(
+            logits=logits, component_logits=component_logits, component_weights=weights,
+            interaction_loss=interaction_loss, loss_terms=loss_terms,
+        )
 
     def replacement(self, tokens: torch.Tensor, null_tokens: torch.Tensor) -> torch.Tensor:
         """What a perturbed modality's tokens become, `(B or 1, T, d)`; each variant uses only its
@@ -197,8 +191,8 @@ class I2MoEInteraction(nn.Module):
 
         - uniqueness expert i: `mean_{j != i, b} relu(||a - p_j|| - ||a - n|| + margin)` with anchor
           `a = y_i^0`, negative `n = y_i^i`, positives `p_j = y_i^j`;
-        - synergy: `mean_{j, b} sim(y^0, y^j)` (minimised: perturbing any modality should matter);
         - redundancy: `mean_{j, b} 1 - sim(y^0, y^j)` (perturbing one modality should not matter);
+        - synergy: `mean_{j, b} sim(y^0, y^j)` (minimised: perturbing any modality should matter);
 
         where `sim` is the cosine similarity of the logits, or for regression `exp(-||y^0 - y^j||²)`
         (the cosine of scalar outputs is only their sign; this similarity is bounded like the
@@ -238,4 +232,4 @@ class I2MoEInteraction(nn.Module):
         return pairs / pairs.sum((1, 2), keepdim=True).clamp_min(1.0)
 
 
-__all__ = ["I2MoEInteraction", "PERTURBATIONS", "ReweightingModel", "expert_names"]
+__all__ = ["I2MoEInteraction", "ReweightingModel"]

@@ -15,32 +15,26 @@ This file travels with saved models as Hub remote code: it imports only torch an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
 
-
-FUSION_BACKBONES: dict[str, type[nn.Module]] = {}
+from .registry_i2moe import FUSIONS, INTERACTIONS
 
 
 def register_fusion(name: str):
-    """Class decorator adding a backbone to `FUSION_BACKBONES` (and so to the parametrised tests).
+    """Class decorator adding a backbone to `FUSIONS` (so the config accepts `fusion=name` and the
+    parametrised tests pick it up).
 
     A backbone's constructor is `(config, layout, num_stacks)` and its forward maps tokens
     `(S or 1, N, T, d)` to logits `(S, N, num_labels)`.
     """
-
-    def decorator(cls):
-        if name in FUSION_BACKBONES:
-            raise ValueError(f"fusion backbone {name!r} is already registered")
-        FUSION_BACKBONES[name] = cls
-        return cls
-
-    return decorator
+    return FUSIONS.register(name)
 
 
 @dataclass(frozen=True)
@@ -111,7 +105,7 @@ class StackedMLPHead(nn.Module):
         return self.fc2(self.dropout(F.relu(self.fc1(features))))
 
 
-@register_fusion("concat")
+@FUSIONS.register("concat")
 class ConcatFusion(nn.Module):
     """Late fusion: each modality's tokens averaged, the M vectors concatenated, an MLP head."""
 
@@ -127,7 +121,7 @@ class ConcatFusion(nn.Module):
         return self.head(self.modality_mean(tokens).flatten(-2))
 
 
-@register_fusion("lrtf")
+@FUSIONS.register("lrtf")
 class LowRankTensorFusion(nn.Module):
     """Low-rank multimodal fusion (Liu et al., 2018), then an MLP head.
 
@@ -210,7 +204,7 @@ class StackedTransformerBlock(GradientCheckpointingLayer):
         return hidden_states + self.dropout(mlp)
 
 
-@register_fusion("transformer")
+@FUSIONS.register("transformer")
 class TransformerFusion(nn.Module):
     """Joint self-attention over all modality tokens (SDPA), mean-pooled, then a linear head.
 
@@ -259,24 +253,49 @@ def build_fusion(config, layout: TokenLayout, num_stacks: int = 1) -> nn.Module:
     torch.Size([4, 8, 5])
     ```
     """
-    return FUSION_BACKBONES[config.fusion](config, layout, num_stacks)
+    return FUSIONS.get(config.fusion)(config, layout, num_stacks)
 
 
 @dataclass
-class InteractionOutput:
-    """What an interaction part returns: logits, an optional loss to add to the task loss, and
-    named extra outputs that become fields of `I2MoEOutput`."""
+class InteractionOutput(ModelOutput):
+    r"""
+    What every interaction part returns (and, with the same names, the model's `I2MoEOutput`).
 
-    logits: torch.Tensor
-    auxiliary_loss: torch.Tensor | None = None
-    extra_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    Args:
+        logits (`(batch, num_labels)`): the part's prediction.
+        component_logits (`(batch, K, num_labels)`, *optional*): the prediction of each interaction
+            component, in the order of the part's `component_names`: `uniqueness_<modality>` per
+            modality, then `redundancy`, then `synergy` (I2MoE's experts, DMIL's component heads).
+        component_weights (`(batch, K)`, *optional*): each row's weights of the components (rows sum
+            to 1; I2MoE's reweighting model, DMIL's gate); `logits = sum_k w_k component_logits_k`.
+        unimodal_logits (`(batch, M, num_labels)`, *optional*): per-modality heads (DMIL level 1; the
+            I2M2 heads, which take this field, on top of any part).
+        interaction_loss (`()`, *optional*): the auxiliary loss the part adds to the task loss, with
+            its weights applied (I2MoE: `lambda_int * L_int`; DMIL: the stage's weighted terms).
+        loss_terms (`dict[str, ()]`, *optional*): every term unweighted, by name (for logging).
+    """
+
+    logits: torch.Tensor | None = None
+    component_logits: torch.Tensor | None = None
+    component_weights: torch.Tensor | None = None
+    unimodal_logits: torch.Tensor | None = None
+    interaction_loss: torch.Tensor | None = None
+    loss_terms: dict[str, torch.Tensor] | None = None
 
 
+def interaction_component_names(modality_names) -> list[str]:
+    """The one component vocabulary and order of I2MoE and DMIL: `uniqueness_<modality>` per
+    modality (in config order), then `redundancy`, then `synergy`."""
+    return [f"uniqueness_{name}" for name in modality_names] + ["redundancy", "synergy"]
+
+
+@INTERACTIONS.register("vanilla")
 class VanillaFusion(nn.Module):
     """The baseline interaction part: one fusion backbone on the modality tokens."""
 
     def __init__(self, config, layout: TokenLayout):
         super().__init__()
+        self.component_names: list[str] = []  # no interaction components
         self.backbone = build_fusion(config, layout, num_stacks=1)
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor,
@@ -284,4 +303,6 @@ class VanillaFusion(nn.Module):
         return InteractionOutput(logits=self.backbone(tokens[None])[0])
 
 
-__all__ = ["FUSION_BACKBONES", "InteractionOutput", "TokenLayout", "VanillaFusion", "build_fusion", "register_fusion"]
+__all__ = [
+    "InteractionOutput", "TokenLayout", "VanillaFusion", "build_fusion", "interaction_component_names", "register_fusion",
+]

@@ -49,7 +49,7 @@ _FUSION_SETTINGS = {
     "lrtf": {"lrtf_rank", "lrtf_output_size", "fusion_hidden_size"},
     "transformer": {"fusion_num_layers", "fusion_num_heads", "fusion_intermediate_size"},
 }
-_METHOD_PREFIXES = {"i2moe", "dmil", "i2m2"}
+_METHOD_SUBCONFIGS = {"i2moe", "dmil", "i2m2"}
 _TRAINING_FIELDS = {
     "learning_rate": "learning rate", "num_train_epochs": "epochs", "max_steps": "max steps",
     "per_device_train_batch_size": "batch size (per device)", "gradient_accumulation_steps": "gradient accumulation",
@@ -417,8 +417,8 @@ def _default_description(model, kinds: dict[str, str], dataset_name: str | None)
     task = "regression" if config.num_labels == 1 else f"{config.num_labels}-class classification"
     method = {"vanilla": "plain fusion", "i2moe": "I2MoE interaction experts", "i2m2": "I2M2 inter- and intra-modality heads",
               "dmil": "DMIL interaction decomposition"}.get(config.method, config.method)
-    if getattr(config, "i2m2_heads", False):
-        method += f", with I2M2 unimodal heads (`i2m2_mode={config.i2m2_mode}`)"
+    if getattr(config, "i2m2", None) is not None:
+        method += f", with I2M2 unimodal heads (`i2m2.mode={config.i2m2.mode}`)"
     on = f" on {dataset_name}" if dataset_name else ""
     return (f"A multimodal {task} model{on}, built with the `i2moe` library: modalities {modalities}, "
             f"combined by {method} over a `{config.fusion}` fusion backbone.")
@@ -431,12 +431,12 @@ def _model_section(model, kinds: dict[str, str], sources: dict[str, str | None])
     for modality in config.modalities:
         source = sources[modality.name]
         source = f"[{source}](https://huggingface.co/{source})" if _is_hub_id(source) else (source or "random init")
-        parameters = sum(p.numel() for p in model.towers[modality.name].parameters())
+        parameters = sum(p.numel() for p in model.encoders[modality.name].tower.parameters())
         rows.append(f"| {modality.name} | {kinds[modality.name]} | `{modality.tower.model_type}` | {source} | "
                     f"{_count(parameters)} | {modality.pooling} | {modality.num_tokens} | {'yes' if modality.freeze else 'no'} |")
     total = sum(p.numel() for p in model.parameters())
     # Told by the config, not `requires_grad`, which a loaded model may not carry over.
-    frozen = sum(p.numel() for m in config.modalities if m.freeze for p in model.towers[m.name].parameters())
+    frozen = sum(p.numel() for m in config.modalities if m.freeze for p in model.encoders[m.name].tower.parameters())
     settings = _method_settings(config)
     labels = list(config.id2label.values())
     shown = ", ".join(f"`{label}`" for label in labels[:40]) + (f", ... ({len(labels)} in all)" if len(labels) > 40 else "")
@@ -461,10 +461,10 @@ def _method_settings(config) -> dict[str, Any]:
                "output_attentions", "chunk_size_feed_forward", "is_encoder_decoder", "tie_word_embeddings"}
     unused = set().union(*_FUSION_SETTINGS.values()) - _FUSION_SETTINGS.get(config.fusion, set())
     values = config.to_dict()
-    # Each method's settings (`i2moe_*`, `dmil_*`; `i2m2_*` with its heads) only when it is in use.
-    active = {config.method, *(["i2m2"] if values.get("i2m2_heads") else [])}
-    unused |= {key for key in values if key.split("_")[0] in _METHOD_PREFIXES - active}
-    return {key: value for key, value in values.items() if key in type(config).__annotations__
+    # The method sub-configs (`i2moe`, `dmil`, `i2m2`) are set only when in use; each field on a row.
+    for method in _METHOD_SUBCONFIGS:
+        values.update({f"{method}.{field}": value for field, value in (values.pop(method) or {}).items()})
+    return {key: value for key, value in values.items() if (key in type(config).__annotations__ or "." in key)
             and key not in generic | unused and not key.endswith("_format_version")}
 
 
@@ -577,7 +577,7 @@ def _usage_section(model, repo_id: str, processor, kinds: dict[str, str]) -> str
         predict = ["with torch.no_grad():", f"    outputs = model({', '.join(f'{key}=...' for key in model.input_names)})"]
     note = ""
     if config.method in ("i2moe", "dmil"):
-        field = "expert_weights" if config.method == "i2moe" else "gate_weights"
+        field = "component_weights" if config.method == "i2moe" else "component_weights"
         note = (f"\n\n`outputs.{field}` `(batch, components)` holds each sample's interaction composition, in the "
                 "order of `model.interaction.component_names`.")
     with_processor = processor is not None

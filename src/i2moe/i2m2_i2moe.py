@@ -79,33 +79,15 @@ def combine_i2m2(
 
 class I2M2UnimodalHeads(nn.Module):
     """One MLP head per modality on the mean of that modality's tokens, all M heads as one stacked
-    (batched) MLP: tokens `(B, T, d)` -> unimodal logits `(B, M, num_labels)`.
+    (batched) MLP: tokens `(B, T, d)` -> unimodal logits `(B, M, num_labels)`. The tokens are the
+    model's shared ones, or those of its separate unimodal encoders (`config.i2m2.separate_towers`)."""
 
-    With `config.i2m2_separate_towers` it also owns a tower and a projection per modality (the
-    paper's separate unimodal networks); the model encodes the inputs with them through the same
-    path as its shared towers (`towers` and `projections` attributes, as on the model).
-    """
-
-    def __init__(self, config, layout: TokenLayout, towers: nn.ModuleDict | None = None,
-                 projections: nn.ModuleDict | None = None):
+    def __init__(self, config, layout: TokenLayout):
         super().__init__()
         self.modality_mean = ModalityMean(layout)
         self.classifier = StackedMLPHead(
-            layout.num_modalities, config.hidden_size, config.i2m2_head_hidden_size, config.num_labels, config.dropout
+            layout.num_modalities, config.hidden_size, config.i2m2.head_hidden_size, config.num_labels, config.dropout
         )
-        self.towers, self.projections = towers, projections
-        self.token_shape = (layout.total_tokens, config.hidden_size)
-
-    @property
-    def separate_towers(self) -> bool:
-        return self.towers is not None
-
-    @property
-    def null_tokens(self) -> torch.Tensor:
-        """Filler for a missing modality's rows in the separate-tower path: zeros, since those rows'
-        heads are masked out of the product anyway (no learned null token is needed)."""
-        weight = self.classifier.fc1.weight
-        return weight.new_zeros(self.token_shape)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         pooled = self.modality_mean(tokens).transpose(0, 1)  # (M, B, d): modality = stack axis
@@ -118,11 +100,16 @@ _PROVENANCE_KEYS = {"transformers_version", "_name_or_path", "name_or_path", "ar
 
 def assemble_i2m2(model_class, unimodal: dict, inter=None, **config_overrides):
     """Implementation of `I2MoEForClassification.from_i2m2_parts` (see there)."""
+    i2m2_overrides = dict(config_overrides.pop("i2m2", None) or {})
+    for key in [key for key in config_overrides if key.startswith("i2m2_")]:  # the flat keywords of format 1
+        value = config_overrides.pop(key)
+        if key != "i2m2_heads":
+            i2m2_overrides[key.removeprefix("i2m2_")] = value
     unimodal_models = {name: _load_part(model_class, part) for name, part in unimodal.items()}
     inter_model = None if inter is None else _load_part(model_class, inter)
     for name, part in unimodal_models.items():
         _check_unimodal_part(name, part)
-    if inter_model is not None and inter_model.config.i2m2_heads:
+    if inter_model is not None and inter_model.config.i2m2 is not None:
         raise ValueError("from_i2m2_parts: the `inter` part already has I2M2 heads; pass a model without them")
     names = inter_model.config.modality_names if inter_model is not None else list(unimodal_models)
     if sorted(names) != sorted(unimodal_models):
@@ -144,7 +131,7 @@ def assemble_i2m2(model_class, unimodal: dict, inter=None, **config_overrides):
 
     if inter_model is not None:
         config_dict = inter_model.config.to_dict()
-        separate = config_overrides.get("i2m2_separate_towers", True)
+        separate = i2m2_overrides.get("separate_towers", True)
         tower_overrides = {}
         for modality in inter_model.config.modalities:
             unimodal_modality = unimodal_models[modality.name].config.modalities[0]
@@ -157,35 +144,32 @@ def assemble_i2m2(model_class, unimodal: dict, inter=None, **config_overrides):
                     f"{unimodal_modality.pooling}/{unimodal_modality.num_tokens} in its unimodal part but "
                     f"{modality.pooling}/{modality.num_tokens} in the inter part"
                 )
-        defaults = {"i2m2_separate_towers": True, "i2m2_tower_overrides": tower_overrides if separate else None}
+        i2m2 = {"separate_towers": separate, "tower_overrides": (tower_overrides or None) if separate else None}
     else:  # intra-only: the unimodal towers become the model's towers
         config_dict = next(iter(unimodal_models.values())).config.to_dict()
         config_dict["modalities"] = [unimodal_models[name].config.modalities[0].to_dict() for name in names]
-        defaults = {"i2m2_mode": "intra", "i2m2_separate_towers": False}
+        i2m2 = {"mode": "intra", "separate_towers": False}
     for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
         config_dict.pop(key, None)
-    config_dict.update(i2m2_heads=True, i2m2_head_hidden_size=head_sizes.pop(), **defaults)
+    config_dict["i2m2"] = {**i2m2, "head_hidden_size": head_sizes.pop(), **i2m2_overrides}
     config_dict.update(config_overrides)
     model = model_class(model_class.config_class(**config_dict))
 
     if inter_model is not None:
         missing, unexpected = model.load_state_dict(inter_model.state_dict(), strict=False)
-        if unexpected or any(not key.startswith("i2m2.") for key in missing):
+        if unexpected or any(not key.startswith(("i2m2_heads.", "unimodal_encoders.")) for key in missing):
             raise ValueError(f"from_i2m2_parts: the inter part does not fit: missing {missing}, unexpected {unexpected}")
     for index, name in enumerate(model.layout.names):
         part = unimodal_models[name]
-        if model.i2m2.separate_towers:
-            model.i2m2.towers[name].load_state_dict(part.towers[name].state_dict())
-            model.i2m2.projections[name].load_state_dict(part.projections[name].state_dict())
+        if model.unimodal_encoders is not None:  # their missing rows are zeros: no learned null tokens
+            state = {key: value for key, value in part.encoders[name].state_dict().items() if key != "null_tokens"}
+            model.unimodal_encoders[name].load_state_dict(state)
         elif inter_model is None:
-            model.towers[name].load_state_dict(part.towers[name].state_dict())
-            model.projections[name].load_state_dict(part.projections[name].state_dict())
-            with torch.no_grad():
-                model.null_tokens[model.layout.token_slice(index)] = part.null_tokens
-        _copy_head(part.interaction.backbone.head, model.i2m2.classifier, index)
-    if inter_model is not None and not model.i2m2.separate_towers:
+            model.encoders[name].load_state_dict(part.encoders[name].state_dict())
+        _copy_head(part.interaction.backbone.head, model.i2m2_heads.classifier, index)
+    if inter_model is not None and model.unimodal_encoders is None:
         logger.warning(
-            "from_i2m2_parts: i2m2_separate_towers=False, so the unimodal heads read the inter part's towers; "
+            "from_i2m2_parts: i2m2.separate_towers=False, so the unimodal heads read the inter part's towers; "
             "the unimodal parts' towers are not used (only their heads are loaded)"
         )
     return model.eval()
@@ -201,11 +185,11 @@ def _load_part(model_class, part):
 
 def _check_unimodal_part(name: str, part) -> None:
     config = part.config
-    if config.modality_names != [name] or config.method != "vanilla" or config.fusion != "concat" or config.i2m2_heads:
+    if config.modality_names != [name] or config.method != "vanilla" or config.fusion != "concat" or config.i2m2 is not None:
         raise ValueError(
             f"from_i2m2_parts: the unimodal part for {name!r} must be a one-modality model (modality {name!r}) with "
             f"method='vanilla', fusion='concat' and no I2M2 heads; got modalities {config.modality_names}, "
-            f"method={config.method!r}, fusion={config.fusion!r}, i2m2_heads={config.i2m2_heads}"
+            f"method={config.method!r}, fusion={config.fusion!r}, i2m2={config.i2m2}"
         )
 
 

@@ -1,8 +1,8 @@
 """Interpretation of interaction-aware models: which interaction type each prediction relies on.
 
-Works with any model whose output carries per-component weights and logits: I2MoE
-(`expert_weights`, `expert_logits`) or DMIL (`gate_weights`, `component_logits`); the names of the
-components come from `model.interaction.component_names`.
+Works with any model whose output carries per-component weights and logits (`component_weights`,
+`component_logits`): I2MoE (its reweighting model's weights of its experts) or DMIL (its gate); the
+names of the components come from `model.interaction.component_names`.
 
 - Sample level: each sample's weights `w` (K values summing to 1) and per-class contributions
   `w_k · y_k` (their sum over k is the sample's logits).
@@ -50,15 +50,12 @@ import torch
 from torch.utils.data import DataLoader
 
 
-WEIGHT_FIELDS = (("expert_weights", "expert_logits"), ("gate_weights", "component_logits"))
-
-
 @dataclass
 class InterpretationResult:
     """Per-sample interpretation outputs of a model over a dataset (numpy arrays, N samples).
 
     Attributes:
-        component_names: the K interaction types (e.g. `uniqueness_image`, ..., `synergy`, `redundancy`).
+        component_names: the K interaction types (e.g. `uniqueness_image`, ..., `redundancy`, `synergy`).
         weights: `(N, K)` each sample's component weights (rows sum to 1).
         component_logits: `(N, K, C)` each component's logits.
         logits: `(N, C)` the model's prediction.
@@ -191,7 +188,7 @@ def interpret(model, data, batch_size: int = 32, collate_fn=None, progress: bool
 
     Args:
         model: an `I2MoEForClassification` with `method="i2moe"` (or `"dmil"`), or any model whose
-            output has `expert_weights`/`expert_logits` (or `gate_weights`/`component_logits`).
+            output has `component_weights` and `component_logits`.
         data: a `DataLoader`, or a dataset (a `datasets.Dataset`, a torch `Dataset` or a list of
             dicts) of model inputs; a `labels` column, if present, is kept for per-class summaries.
         batch_size, collate_fn: used to batch a dataset (ignored for a `DataLoader`).
@@ -246,14 +243,13 @@ def interpret(model, data, batch_size: int = 32, collate_fn=None, progress: bool
 
 
 def _weights_and_logits(output) -> tuple[torch.Tensor, torch.Tensor]:
-    for weight_field, logits_field in WEIGHT_FIELDS:
-        weights, logits = getattr(output, weight_field, None), getattr(output, logits_field, None)
-        if weights is not None and logits is not None:
-            return weights, logits
-    raise ValueError(
-        "interpret: the model's output has neither `expert_weights`/`expert_logits` (I2MoE) nor "
-        "`gate_weights`/`component_logits` (DMIL); build the model with method='i2moe' or 'dmil'"
-    )
+    weights, logits = getattr(output, "component_weights", None), getattr(output, "component_logits", None)
+    if weights is None or logits is None:
+        raise ValueError(
+            "interpret: the model's output has no `component_weights` / `component_logits` (I2MoE's reweighting, "
+            "DMIL's gate); build the model with method='i2moe' or 'dmil' (DMIL: stage 2 or 3)"
+        )
+    return weights, logits
 
 
 def _component_names(model, count: int) -> list[str]:

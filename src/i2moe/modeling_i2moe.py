@@ -1,18 +1,20 @@
-"""I2MoE for classification: modality towers, projection to shared tokens, null tokens for missing
-modalities, an interaction part and the task loss.
+"""I2MoE for classification: one encoder per modality, an interaction part, I2M2 heads, the task loss.
 
-The path of one batch, in `I2MoEForClassification.forward`:
+The path of one batch, in `I2MoEForClassification.forward` (input and checkpoint checks live in
+`checks_i2moe.py`):
 
-1. `embed_modalities`: each modality's inputs (`{name}_{tower_input}`) go through its tower once;
-   the tower's output is pooled (or resampled to P tokens), projected to width d and
-   layer-normed; rows whose `modality_mask` entry is 0 get the modality's learned null tokens.
-   Result: tokens `(B, T, d)`, T = sum of the modalities' token counts, in config order.
-2. `self.interaction(tokens)`: the interaction part chosen by `config.method` (`"vanilla"`: one
-   fusion backbone) returns logits and any auxiliary loss and interpretation outputs.
-   With `config.i2m2_heads` (`_predict`), one unimodal head per modality (on the same tokens, or
-   on its own towers' tokens) joins the interaction part in a product of experts
-   (`combine_i2m2`); a missing modality's head drops out of its row's product.
-3. The task loss for `config.problem_type`, plus the interaction part's auxiliary loss.
+1. `_route_inputs` / `_presence`: the inputs `{modality}_{tower_input}` grouped by modality, and
+   which rows hold which modality (`modality_mask`); in training, `_drop_modalities` applies
+   `config.modality_dropout`.
+2. `_encode`: each modality's `ModalityEncoder` (`encoders_i2moe.py`) runs its tower once on the
+   rows that hold it, pools or resamples, projects and layer-norms, and fills the other rows with
+   its learned null tokens: tokens `(B, T, d)`, T = the modalities' token counts, in config order.
+   With separate I2M2 towers, the `unimodal_encoders` do the same for the unimodal heads.
+3. `_predict`: the interaction part chosen by `config.method` (registered in `INTERACTIONS`:
+   vanilla fusion, I2MoE's experts, DMIL) maps the tokens to an `InteractionOutput`; with
+   `config.i2m2`, the unimodal heads join it in a product of experts (`combine_i2m2`), a missing
+   modality's head dropping out of its row's product.
+4. `_task_loss` for `config.problem_type`, plus the part's `interaction_loss`.
 
 This file travels with saved models as Hub remote code: it imports only its sibling files.
 """
@@ -20,7 +22,7 @@ This file travels with saved models as Hub remote code: it imports only its sibl
 from __future__ import annotations
 
 import copy
-import inspect
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -28,132 +30,80 @@ import torch.nn.functional as F
 from torch import nn
 from safetensors import SafetensorError
 from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
-from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .configuration_i2moe import I2MoEConfig, ModalityConfig, tower_hidden_size
-from .dmil_i2moe import DMILInteraction
-from .experts_i2moe import I2MoEInteraction
-from .fusion_i2moe import InteractionOutput, TokenLayout, VanillaFusion
+from .checks_i2moe import (
+    COLUMN_FILTER_HINT, as_tensor_input, batch_size_of, check_labels, check_loaded_weights, check_modality_mask,
+    check_modality_names, check_presence, check_saved_modalities, infer_problem_type, load_format1_state_dict,
+    saved_config_dict,
+)
+from .configuration_i2moe import I2MoEConfig, ModalityConfig
+from .dmil_i2moe import DMILInteraction  # noqa: F401  (registers the interaction parts,
+from .encoders_i2moe import ModalityEncoder
+from .experts_i2moe import I2MoEInteraction  # noqa: F401  and saves their files as remote code)
+from .fusion_i2moe import InteractionOutput, TokenLayout
 from .i2m2_i2moe import I2M2UnimodalHeads, assemble_i2m2, combine_i2m2
-from .towers_i2moe import BUILTIN_TOWERS
+from .registry_i2moe import INTERACTIONS
 
 
 logger = logging.get_logger(__name__)
-
-# Tower `forward` arguments the model routes from `{modality}_{argument}` inputs.
-TOWER_INPUT_ARGUMENTS = (
-    "input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask",
-    "input_values", "input_features", "features",
-)
-_COLUMN_FILTER_HINT = (
-    "With Trainer, set `remove_unused_columns=False`: the inputs are named '{modality}_{tower_input}', which "
-    "are not fixed `forward` argument names, so the default column filter drops them."
-)
 
 
 @dataclass
 class I2MoEOutput(ModelOutput):
     r"""
-    Output of [`I2MoEForClassification`]. Fields that the configured parts do not produce are `None`.
+    Output of [`I2MoEForClassification`]: the loss and the fields of the interaction part's
+    `InteractionOutput`, under the same names. Fields that the configured parts do not produce are `None`.
 
     Args:
-        loss (`torch.FloatTensor` of shape `()`, *optional*): task loss plus the interaction
-            part's auxiliary loss; returned when `labels` are given.
+        loss (`torch.FloatTensor` of shape `()`, *optional*): task loss plus `interaction_loss`;
+            returned when `labels` are given.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): the prediction.
-        expert_logits (`torch.FloatTensor` of shape `(batch_size, num_experts, num_labels)`):
-            I2MoE: each interaction expert's logits on the clean inputs.
-        expert_weights (`torch.FloatTensor` of shape `(batch_size, num_experts)`): I2MoE: the
-            reweighting model's per-sample expert weights (rows sum to 1).
-        interaction_loss (`torch.FloatTensor` of shape `()`): I2MoE: the weak-supervision loss
-            `L_int` (before `lambda_int`); DMIL: the sum of its auxiliary terms.
-        loss_terms (`dict[str, torch.FloatTensor]`): every loss term by name (for logging).
-        unimodal_logits (`torch.FloatTensor` of shape `(batch_size, num_modalities, num_labels)`):
-            I2M2: each modality's unimodal head (zeros where the modality is missing: that head
-            is not part of the row's product). DMIL: its level-1 heads; with I2M2 heads on a DMIL
-            part, the I2M2 heads (the experts of the final product) take this field.
         component_logits (`torch.FloatTensor` of shape `(batch_size, num_components, num_labels)`):
-            DMIL: the head of each component (uniqueness per modality, redundancy, synergy).
-        gate_weights (`torch.FloatTensor` of shape `(batch_size, num_components)`): DMIL: the gate.
+            I2MoE / DMIL: each interaction component's logits (I2MoE's experts on the clean inputs,
+            DMIL's component heads), in the order of `model.interaction.component_names`:
+            `uniqueness_<modality>`..., `redundancy`, `synergy`.
+        component_weights (`torch.FloatTensor` of shape `(batch_size, num_components)`): I2MoE's
+            reweighting model or DMIL's gate: the per-sample weights of the components (rows sum to 1).
+        unimodal_logits (`torch.FloatTensor` of shape `(batch_size, num_modalities, num_labels)`):
+            I2M2: each modality's unimodal head (zeros where the modality is missing: that head is not
+            part of the row's product). DMIL: its level-1 heads; with I2M2 heads on a DMIL part, the
+            I2M2 heads (the experts of the final product) take this field.
+        interaction_loss (`torch.FloatTensor` of shape `()`): the auxiliary loss the interaction part
+            adds to the task loss, weighted (I2MoE: `i2moe.lambda_int * L_int`; DMIL: the stage's terms).
+        loss_terms (`dict[str, torch.FloatTensor]`): every loss term unweighted, by name (for logging;
+            I2MoE's `L_int` is `loss_terms["interaction"]`).
+
+    `expert_logits`, `expert_weights` and `gate_weights` are deprecated aliases of
+    `component_logits` and `component_weights`.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    expert_logits: torch.FloatTensor | None = None
-    expert_weights: torch.FloatTensor | None = None
+    component_logits: torch.FloatTensor | None = None
+    component_weights: torch.FloatTensor | None = None
+    unimodal_logits: torch.FloatTensor | None = None
     interaction_loss: torch.FloatTensor | None = None
     loss_terms: dict[str, torch.FloatTensor] | None = None
-    unimodal_logits: torch.FloatTensor | None = None
-    component_logits: torch.FloatTensor | None = None
-    gate_weights: torch.FloatTensor | None = None
+
+    @property
+    def expert_logits(self) -> torch.FloatTensor | None:
+        _warn_renamed("expert_logits", "component_logits")
+        return self.component_logits
+
+    @property
+    def expert_weights(self) -> torch.FloatTensor | None:
+        _warn_renamed("expert_weights", "component_weights")
+        return self.component_weights
+
+    @property
+    def gate_weights(self) -> torch.FloatTensor | None:
+        _warn_renamed("gate_weights", "component_weights")
+        return self.component_weights
 
 
-# `config.method` -> interaction part. Constructor `(config, layout)`; forward
-# `(tokens (B, T, d), present (B, M) bool, null_tokens (T, d), labels)` -> `InteractionOutput`.
-INTERACTIONS: dict[str, type[nn.Module]] = {
-    "vanilla": VanillaFusion, "i2moe": I2MoEInteraction, "dmil": DMILInteraction,
-}
-
-
-class TokenResampler(nn.Module):
-    """P learned queries attend over a tower's token sequence: `(B, L, d) -> (B, P, d)`."""
-
-    def __init__(self, hidden_size: int, num_tokens: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads if hidden_size % num_heads == 0 else 1
-        self.queries = nn.Parameter(torch.empty(num_tokens, hidden_size))
-        self.key_value = nn.Linear(hidden_size, 2 * hidden_size)
-        self.out = nn.Linear(hidden_size, hidden_size)
-        self.init_parameters(std=0.02)
-
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        batch, length, width = tokens.shape
-        head_width = width // self.num_heads
-        key, value = self.key_value(tokens).view(batch, length, 2, self.num_heads, head_width).permute(2, 0, 3, 1, 4)
-        query = self.queries.to(key.dtype).view(1, -1, self.num_heads, head_width).transpose(1, 2).expand(batch, -1, -1, -1)
-        attn_mask = None if mask is None else mask[:, None, None, :].bool()
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
-        return self.out(attended.transpose(1, 2).reshape(batch, -1, width))
-
-    def init_parameters(self, std: float) -> None:
-        init.normal_(self.queries, mean=0.0, std=std)
-
-
-class ModalityProjection(nn.Module):
-    """A tower's output -> this modality's tokens `(B, P, d)`: pool (P = 1) or resample (P > 1),
-    project to the shared width d, layer-norm (so all modalities, null tokens and I2MoE's N(0, I)
-    perturbations share one scale)."""
-
-    def __init__(self, modality: ModalityConfig, config: I2MoEConfig):
-        super().__init__()
-        self.pooling = modality.pooling
-        self.projection = nn.Linear(tower_hidden_size(modality.tower), config.hidden_size)
-        self.resampler = (
-            TokenResampler(config.hidden_size, modality.num_tokens, config.fusion_num_heads)
-            if modality.num_tokens > 1
-            else None
-        )
-        self.dropout = nn.Dropout(config.dropout)
-        self.layer_norm = nn.LayerNorm(config.hidden_size)
-
-    def forward(self, sequence: torch.Tensor, mask: torch.Tensor | None, pooler_output) -> torch.Tensor:
-        if self.resampler is not None:
-            tokens = self.resampler(self.projection(sequence), mask)
-        else:
-            tokens = self.projection(self._pool(sequence, mask, pooler_output))[:, None]
-        return self.layer_norm(self.dropout(tokens))
-
-    def _pool(self, sequence: torch.Tensor, mask: torch.Tensor | None, pooler_output) -> torch.Tensor:
-        if self.pooling == "cls":
-            return sequence[:, 0]
-        if self.pooling == "pooler":
-            if pooler_output is None:
-                raise ValueError("pooling='pooler' but this tower returns no `pooler_output`; use 'cls' or 'mean'")
-            return pooler_output.flatten(1)
-        if mask is None:
-            return sequence.mean(1)
-        weights = mask.to(sequence.dtype)[..., None]
-        return (sequence * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+def _warn_renamed(old: str, new: str) -> None:
+    warnings.warn(f"I2MoEOutput.{old} is deprecated; use `{new}`", FutureWarning, stacklevel=3)
 
 
 class I2MoEPreTrainedModel(PreTrainedModel):
@@ -169,11 +119,8 @@ class I2MoEPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
         if hasattr(module, "init_parameters"):
-            module.init_parameters(std)
-        elif isinstance(module, I2MoEForClassification):
-            init.normal_(module.null_tokens, mean=0.0, std=1.0)
+            module.init_parameters(self.config.initializer_range)
         else:
             super()._init_weights(module)
 
@@ -186,7 +133,8 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
     `text_input_ids`, `text_attention_mask`, `tabular_features` (see `input_names`), plus
     `modality_mask` `(batch, num_modalities)` with 1 where a modality is present. A modality whose
     mask entry is 0, or whose inputs are absent from the call, is replaced by its learned null
-    tokens; a modality absent for the whole batch skips its tower.
+    tokens; a modality absent for the whole batch skips its tower. A frozen tower's outputs can be
+    passed instead of its inputs, as `{modality}_tower_features` (see `ModalityEncoder.tower_features`).
 
     Note for `Trainer`: its default `remove_unused_columns=True` keeps only columns named like
     `forward` arguments, and the `{modality}_{tower_input}` inputs are not fixed names. Set
@@ -220,31 +168,50 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         self.layout = TokenLayout(
             tuple(config.modality_names), tuple(modality.num_tokens for modality in config.modalities)
         )
-        self.towers = nn.ModuleDict()
-        for modality in config.modalities:
-            # A given tower is already flagged `_is_hf_initialized` by its own `post_init` or
-            # `from_pretrained`, so this model's `post_init` leaves its weights untouched.
-            tower = towers.get(modality.name) or _build_tower(modality.tower)
-            modality.tower = tower.config  # one config object, so tower settings stay in sync
-            _set_trainable(tower, modality)
-            self.towers[modality.name] = tower
-        self.projections = nn.ModuleDict(
-            {modality.name: ModalityProjection(modality, config) for modality in config.modalities}
+        self.encoders = nn.ModuleDict(
+            {modality.name: ModalityEncoder(modality, config, towers.get(modality.name)) for modality in config.modalities}
         )
-        self.null_tokens = nn.Parameter(torch.empty(self.layout.total_tokens, config.hidden_size))
-        self.interaction = INTERACTIONS[config.method](config, self.layout)
-        self.i2m2 = self._build_i2m2_heads(towers) if config.i2m2_heads else None
+        for modality in config.modalities:  # one config object, so tower settings stay in sync
+            modality.tower = self.encoders[modality.name].tower.config
+        self.interaction = INTERACTIONS.get(config.method)(config, self.layout)
+        self.i2m2_heads = I2M2UnimodalHeads(config, self.layout) if config.i2m2 is not None else None
+        separate = config.i2m2 is not None and config.i2m2.separate_towers
+        self.unimodal_encoders = self._build_unimodal_encoders(towers) if separate else None
         self._input_routes = {
             f"{name}_{argument}": (name, argument)
-            for name, tower in self.towers.items()
-            for argument in _tower_arguments(tower)
+            for name, encoder in self.encoders.items()
+            for argument in encoder.input_arguments
         }
+        token_modality = [index for index, count in enumerate(self.layout.num_tokens) for _ in range(count)]
+        self.register_buffer("token_modality", torch.tensor(token_modality), persistent=False)
         self.post_init()
+        self.set_frozen()
+
+    def _build_unimodal_encoders(self, towers: dict[str, PreTrainedModel]) -> nn.ModuleDict:
+        """I2M2's separate unimodal networks: per modality a tower (a copy of a given pretrained tower
+        when `i2m2.tower_overrides` does not change it) with its own projection."""
+        overrides = self.config.i2m2.tower_overrides or {}
+        encoders = nn.ModuleDict()
+        for modality in self.config.modalities:
+            # The copy keeps the `_is_hf_initialized` flags, so `post_init` leaves it untouched.
+            copied = modality.name in towers and modality.name not in overrides
+            tower = copy.deepcopy(towers[modality.name]) if copied else None
+            unimodal = ModalityConfig(
+                name=modality.name, tower=self.config.i2m2_tower_config(modality.name), pooling=modality.pooling,
+                num_tokens=modality.num_tokens, freeze=modality.freeze,
+            )
+            encoders[modality.name] = ModalityEncoder(unimodal, self.config, tower, learned_null_tokens=False)
+        return encoders
 
     @property
     def input_names(self) -> list[str]:
         """The keyword arguments this model takes besides `labels`."""
         return [*self._input_routes, "modality_mask"]
+
+    @property
+    def null_tokens(self) -> torch.Tensor:
+        """All modalities' learned null tokens `(T, d)`, in token order."""
+        return torch.cat([encoder.null_tokens for encoder in self.encoders.values()])
 
     @classmethod
     def from_pretrained_towers(
@@ -298,10 +265,10 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
                 )
             )
         model = cls(I2MoEConfig(modalities=modalities, **config_kwargs), towers=loaded)
-        pretrained = ("towers.",)
-        if model.i2m2 is not None and model.i2m2.separate_towers:  # copies of the given towers
-            overrides = model.config.i2m2_tower_overrides or {}
-            pretrained += tuple(f"i2m2.towers.{name}." for name in loaded if name not in overrides)
+        pretrained = tuple(f"encoders.{name}.tower." for name in loaded)
+        if model.unimodal_encoders is not None:  # copies of the given towers
+            overrides = model.config.i2m2.tower_overrides or {}
+            pretrained += tuple(f"unimodal_encoders.{name}.tower." for name in loaded if name not in overrides)
         new_weights = [name for name, _ in model.named_parameters() if not name.startswith(pretrained)]
         logger.warning(
             f"The towers {list(towers)} keep their pretrained weights; these weights are newly initialized "
@@ -327,9 +294,9 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
                 head become that modality's unimodal branch.
             inter: the trained multimodal model (any `method` and `fusion`) whose towers,
                 projections, null tokens and interaction part are loaded unchanged. `None` builds
-                the intra-only baseline (`i2m2_mode="intra"`) whose towers are the unimodal ones.
+                the intra-only baseline (`i2m2.mode="intra"`) whose towers are the unimodal ones.
             config_overrides: further `I2MoEConfig` fields. With an inter part the default is
-                `i2m2_separate_towers=True`, and `i2m2_tower_overrides` records how the unimodal
+                `i2m2={"separate_towers": True}`, and `i2m2.tower_overrides` records how the unimodal
                 towers differ from the inter part's (e.g. narrower LeNets).
 
         Every loaded weight equals the part's weight bit for bit. Returns the model in eval mode
@@ -341,15 +308,11 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         >>> from i2moe import I2MoEForClassification
         >>> model = I2MoEForClassification.from_i2m2_parts(  # doctest: +SKIP
         ...     unimodal={"image": "runs/image-only", "audio": "runs/audio-only"}, inter="runs/late-fusion")
-        >>> model.config.i2m2_mode, model.config.i2m2_separate_towers  # doctest: +SKIP
+        >>> model.config.i2m2.mode, model.config.i2m2.separate_towers  # doctest: +SKIP
         ('product', True)
         ```
         """
         return assemble_i2m2(cls, unimodal, inter, **config_overrides)
-
-    # Names of submodules kept in eval mode by `train()` (BatchNorm statistics fixed, no dropout):
-    # set by training schedules that freeze part of the model, e.g. DMIL's stage 2.
-    frozen_modules: tuple[str, ...] = ()
 
     # Set by the i2moe package to `i2moe.hub.push_to_hub` (model + processor + model card in one commit).
     # Remote code never imports the package, so a model loaded that way keeps transformers' `push_to_hub`.
@@ -379,13 +342,17 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> "I2MoEForClassification":
         """`PreTrainedModel.from_pretrained`, with clear errors where transformers would only warn
         and initialise new weights, or fail with a message that names neither file nor field: a
-        checkpoint whose modalities differ from the `config` passed in, and a weights file that
-        cannot be read (truncated or corrupt)."""
+        checkpoint whose modalities differ from the `config` passed in, weights that do not match
+        the config (another method, I2M2 heads added or removed), and a weights file that cannot be
+        read (truncated or corrupt). Checkpoints saved in format version 1 are converted."""
         return_loading_info = kwargs.pop("output_loading_info", False)
+        saved = saved_config_dict(pretrained_model_name_or_path, kwargs)
         config = kwargs.get("config")
         if isinstance(config, PreTrainedConfig):
-            _check_saved_modalities(pretrained_model_name_or_path, config, kwargs)
+            check_saved_modalities(pretrained_model_name_or_path, saved, config)
         try:
+            if saved is not None and saved.get("i2moe_format_version", 1) == 1 and "state_dict" not in kwargs:
+                kwargs["state_dict"] = load_format1_state_dict(pretrained_model_name_or_path, saved, kwargs)
             model, loading_info = super().from_pretrained(
                 pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
             )
@@ -394,38 +361,43 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
                 f"{pretrained_model_name_or_path}: the safetensors weights cannot be read ({error}); the file is "
                 "truncated or corrupt: download or save it again"
             ) from error
-        _check_loaded_modalities(model.config, loading_info)
-        model._refreeze_towers()
+        check_loaded_weights(model.config, loading_info)
+        model.set_frozen()  # loading replaces the parameters, and new ones require gradients
         return (model, loading_info) if return_loading_info else model
 
-    def _towers_of(self, modality: ModalityConfig) -> list[PreTrainedModel]:
-        """The modality's tower, and its I2M2 unimodal copy when the heads have separate towers."""
-        towers = [self.towers[modality.name]]
-        if self.i2m2 is not None and self.i2m2.separate_towers:
-            towers.append(self.i2m2.towers[modality.name])
-        return towers
+    # --- freezing ---------------------------------------------------------------------------------
 
-    def _refreeze_towers(self) -> None:
-        """Loading replaces the parameters, and new ones require gradients: freeze again what the
-        config freezes, or fine-tuning a loaded model would silently train its frozen towers."""
-        for modality in self.config.modalities:
-            for tower in self._towers_of(modality):
-                _set_trainable(tower, modality)
+    def set_frozen(self, modules: tuple[str, ...] = (), eval_modules: tuple[str, ...] | None = None) -> None:
+        """The one place that decides which parameters train: every parameter but those of the
+        towers the config freezes (each `ModalityEncoder.apply_freezing`, shared and I2M2 separate
+        towers alike) and of the submodules named in `modules` (e.g. DMIL's stage 2). `eval_modules`
+        (default: `modules`) stay in eval mode through `train()` (BatchNorm statistics, dropout)."""
+        self.requires_grad_(True)
+        for encoder in self._all_encoders():
+            encoder.apply_freezing()
+        for name in modules:
+            self.get_submodule(name).requires_grad_(False)
+        self.frozen_modules = tuple(modules)
+        self.eval_modules = tuple(modules if eval_modules is None else eval_modules)
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> "I2MoEForClassification":
-        super().train(mode)
-        for modality in self.config.modalities:
-            if modality.freeze:  # frozen towers keep BatchNorm statistics and skip dropout
-                for tower in self._towers_of(modality):
-                    tower.eval()
-        for name in self.frozen_modules:
+        super().train(mode)  # each encoder keeps a frozen tower in eval mode
+        for name in getattr(self, "eval_modules", ()):
             self.get_submodule(name).eval()
         return self
+
+    def _all_encoders(self) -> list[ModalityEncoder]:
+        encoders = list(self.encoders.values())
+        return encoders + (list(self.unimodal_encoders.values()) if self.unimodal_encoders is not None else [])
+
+    # --- the data path ------------------------------------------------------------------------------
 
     def forward(
         self,
         modality_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        modality_names: list[str] | None = None,
         return_dict: bool | None = None,
         **modality_inputs: torch.Tensor,
     ) -> I2MoEOutput | tuple:
@@ -434,156 +406,80 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
             modality_mask (`torch.Tensor` of shape `(batch_size, num_modalities)`, *optional*):
                 1 (or True) where the modality is present, 0 where it is missing; columns in
                 config order. Defaults to "present" for every modality whose inputs are given.
-            labels (`torch.Tensor`, *optional*): class indices `(batch_size,)` for single-label
-                classification, multi-hot `(batch_size, num_labels)` for multi-label, targets
-                `(batch_size,)` or `(batch_size, num_labels)` for regression.
+            labels (`torch.Tensor`, numpy array or list, *optional*): class indices `(batch_size,)`
+                for single-label classification, multi-hot `(batch_size, num_labels)` for
+                multi-label, targets `(batch_size,)` or `(batch_size, num_labels)` for regression.
+            modality_names (`list[str]`, *optional*): the modality order the inputs were prepared in
+                (the processor returns it); an error if it is not the model's.
             modality_inputs: the towers' inputs, named `{modality}_{tower_input}`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        check_modality_names(modality_names, self.config.modality_names)
         routed = self._route_inputs(modality_inputs)
-        present = self._presence(modality_mask, routed, _batch_size(routed, modality_mask))
-        result = self._predict(routed, present, labels)
+        present = self._presence(modality_mask, routed, batch_size_of(routed, modality_mask))
+        if labels is not None:
+            labels = as_tensor_input("labels", labels).to(present.device)
+        problem_type = self._problem_type(labels)
+        if self.training:
+            present = self._drop_modalities(present)
+        tokens, unimodal_tokens = self._encode(routed, present)
+        result = self._predict(tokens, unimodal_tokens, present, labels, problem_type)
         loss = None
         if labels is not None:
             loss = self.task_loss(result.logits, labels)
-            if result.auxiliary_loss is not None:
-                loss = loss + result.auxiliary_loss
-        output = I2MoEOutput(loss=loss, logits=result.logits, **result.extra_outputs)
+            if result.interaction_loss is not None:
+                loss = loss + result.interaction_loss
+        output = I2MoEOutput(loss=loss, **result)
         return output if return_dict else output.to_tuple()
 
-    def _predict(self, routed: dict, present: torch.Tensor, labels: torch.Tensor | None) -> InteractionOutput:
-        """Tokens -> the interaction part, and with I2M2 heads the product of experts (per
-        `config.i2m2_mode`: product, intra-only or inter-only)."""
-        mode = self.config.i2m2_mode if self.i2m2 is not None else "inter"
-        shared_tokens = None
-        if mode != "intra" or not self.i2m2.separate_towers:
-            shared_tokens = self._embed(routed, present)
-        if mode == "inter":
-            return self.interaction(shared_tokens, present=present, null_tokens=self.null_tokens, labels=labels)
-        inter = None
-        if mode == "product":
-            inter = self.interaction(shared_tokens, present=present, null_tokens=self.null_tokens, labels=labels)
-        unimodal_tokens = self._embed(routed, present, self.i2m2) if self.i2m2.separate_towers else shared_tokens
-        unimodal_logits = self.i2m2(unimodal_tokens)
-        problem_type = self.config.problem_type or _infer_problem_type(self.config.num_labels, labels)
-        logits = combine_i2m2(unimodal_logits, present, None if inter is None else inter.logits, problem_type)
-        extra_outputs = dict(inter.extra_outputs) if inter is not None else {}
-        # A missing modality's head is reported as zeros: it is not part of the product.
-        extra_outputs["unimodal_logits"] = unimodal_logits.masked_fill(~present[..., None], 0.0)
-        return InteractionOutput(
-            logits=logits, auxiliary_loss=None if inter is None else inter.auxiliary_loss, extra_outputs=extra_outputs
-        )
+    def forward_subsets(self, subsets: torch.Tensor, modality_mask: torch.Tensor | None = None,
+                        **modality_inputs: torch.Tensor) -> I2MoEOutput:
+        """The model's outputs with only a subset of the modalities present, for S subsets at once:
+        every tower runs once, each subset's tokens are built by null-token replacement and the S
+        variants are stacked along the batch through the interaction part and heads (as I2MoE
+        stacks its perturbed variants). Output s equals `forward(modality_mask=modality_mask &
+        subsets[s], ...)` in eval mode; rows where that leaves no modality hold the all-null
+        prediction. Used by `i2moe.attribution`.
+
+        Args:
+            subsets (`torch.BoolTensor` of shape `(S, num_modalities)`): the modalities kept, per subset.
+            modality_mask, modality_inputs: as in `forward`.
+
+        Returns:
+            `I2MoEOutput` whose tensors have a leading subset axis: `logits` `(S, B, C)`,
+            `component_logits` `(S, B, K, C)`, `component_weights` `(S, B, K)`, ...
+        """
+        if self.training:
+            raise ValueError("forward_subsets: call `model.eval()` first (the subsets are compared without dropout)")
+        routed = self._route_inputs(modality_inputs)
+        present = self._presence(modality_mask, routed, batch_size_of(routed, modality_mask))
+        subsets = as_tensor_input("subsets", subsets).to(device=present.device)
+        if subsets.dim() != 2 or subsets.shape[1] != self.layout.num_modalities:
+            raise ValueError(f"subsets: expected shape (num_subsets, {self.layout.num_modalities}) (modalities "
+                             f"{list(self.layout.names)}), got {tuple(subsets.shape)}")
+        num_subsets, batch = subsets.shape[0], present.shape[0]
+        tokens, unimodal_tokens = self._encode(routed, present)
+        kept = (present[None] & subsets.bool()[:, None]).flatten(0, 1)  # (S·B, M)
+        kept_tokens = kept[:, self.token_modality][..., None]  # (S·B, T, 1)
+
+        def restrict(tokens: torch.Tensor | None, null: torch.Tensor) -> torch.Tensor | None:
+            return None if tokens is None else torch.where(kept_tokens, tokens.repeat(num_subsets, 1, 1), null)
+
+        stacked = restrict(tokens, self.null_tokens)
+        if unimodal_tokens is tokens:
+            stacked_unimodal = stacked
+        else:
+            stacked_unimodal = restrict(unimodal_tokens, torch.zeros_like(self.null_tokens))
+        result = self._predict(stacked, stacked_unimodal, kept, None, self._problem_type(None))
+        return I2MoEOutput(**{key: value.unflatten(0, (num_subsets, batch)) for key, value in result.items()
+                              if isinstance(value, torch.Tensor)})
 
     def embed_modalities(self, modality_mask: torch.Tensor | None = None, **modality_inputs) -> torch.Tensor:
-        """The fusion tokens `(B, T, d)` for a batch: each present modality through its tower once,
+        """The fusion tokens `(B, T, d)` for a batch: each present modality through its encoder once,
         the learned null tokens wherever a modality is missing (see `forward` for the inputs)."""
         routed = self._route_inputs(modality_inputs)
-        return self._embed(routed, self._presence(modality_mask, routed, _batch_size(routed, modality_mask)))
-
-    def _embed(self, routed: dict[str, dict[str, torch.Tensor]], present: torch.Tensor,
-               encoder: nn.Module | None = None) -> torch.Tensor:
-        """Tokens from `encoder`'s `towers`, `projections` and `null_tokens` (the model's own, or
-        the I2M2 heads' separate unimodal ones)."""
-        encoder = self if encoder is None else encoder
-        batch_size = present.shape[0]
-        chunks = []
-        for index, name in enumerate(self.layout.names):
-            null = encoder.null_tokens[self.layout.token_slice(index)].expand(batch_size, -1, -1)
-            rows = present[:, index]
-            if name not in routed or not rows.any():
-                chunks.append(_with_idle_modality_parameters(encoder, name, null, self.training))
-            elif rows.all():
-                # `where` rather than a plain return keeps the null tokens in the graph, so every
-                # parameter gets a gradient each step (DDP requires that).
-                chunks.append(torch.where(rows[:, None, None], self._encode(name, routed[name], encoder), null))
-            else:
-                # Only the present rows go through the tower: no wasted compute, and placeholder
-                # inputs never reach BatchNorm statistics.
-                indices = rows.nonzero().squeeze(1)
-                subset = {argument: value[indices] for argument, value in routed[name].items()}
-                encoded = self._encode(name, subset, encoder)
-                chunks.append(null.index_copy(0, indices, encoded.to(null.dtype)))
-        return torch.cat(chunks, dim=1)
-
-    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The loss for `config.problem_type` (inferred from `num_labels` and the labels if unset)."""
-        problem_type = self.config.problem_type or _infer_problem_type(self.config.num_labels, labels)
-        num_labels = self.config.num_labels
-        if labels.shape[0] != logits.shape[0]:
-            raise ValueError(f"labels: expected {logits.shape[0]} rows (the batch size), got shape {tuple(labels.shape)}")
-        if problem_type == "single_label_classification":
-            if labels.dim() != 1 or labels.is_floating_point():
-                raise ValueError(
-                    f"labels: single-label classification expects integer class indices of shape (batch,), got "
-                    f"dtype {labels.dtype} and shape {tuple(labels.shape)}"
-                )
-            if not torch.compiler.is_compiling() and (labels.min() < 0 or labels.max() >= num_labels):
-                raise ValueError(
-                    f"labels: class indices must lie in [0, {num_labels - 1}] (num_labels={num_labels}), got values "
-                    f"from {labels.min().item()} to {labels.max().item()}"
-                )
-            return F.cross_entropy(logits.float(), labels)
-        if problem_type == "multi_label_classification":
-            if labels.shape != logits.shape:
-                raise ValueError(
-                    f"labels: multi-label classification expects multi-hot labels of shape {tuple(logits.shape)}, "
-                    f"got {tuple(labels.shape)}"
-                )
-            _check_finite_labels(labels)
-            if not torch.compiler.is_compiling() and ((labels < 0) | (labels > 1)).any():
-                raise ValueError(
-                    f"labels: multi-label targets must lie in [0, 1] (multi-hot), got values from "
-                    f"{labels.min().item()} to {labels.max().item()}"
-                )
-            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        targets = labels.float().reshape(logits.shape) if labels.numel() == logits.numel() else None
-        if targets is None:
-            raise ValueError(
-                f"labels: regression with num_labels={num_labels} expects {num_labels} target(s) per row, got shape "
-                f"{tuple(labels.shape)}"
-            )
-        _check_finite_labels(targets)
-        return F.mse_loss(logits.float(), targets)
-
-    def _encode(self, name: str, tower_inputs: dict[str, torch.Tensor], encoder: nn.Module) -> torch.Tensor:
-        tower = encoder.towers[name]
-        _check_tower_inputs(name, tower_inputs, tower.config)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())):
-            try:
-                outputs = tower(**tower_inputs, return_dict=True)
-            except (ValueError, TypeError) as error:  # say which modality's input was wrong
-                raise type(error)(f"modality {name!r} (inputs {name}_*): {error}") from error
-        sequence = outputs.last_hidden_state
-        if sequence.dim() == 4:  # CNN feature map (B, C, h, w) -> spatial tokens (B, h*w, C)
-            sequence = sequence.flatten(2).transpose(1, 2)
-        mask = _sequence_mask(tower, tower_inputs.get("attention_mask"), sequence.shape[1])
-        return encoder.projections[name](sequence, mask, getattr(outputs, "pooler_output", None))
-
-    def _build_i2m2_heads(self, towers: dict[str, PreTrainedModel]) -> I2M2UnimodalHeads:
-        """The unimodal heads; with `i2m2_separate_towers`, each with its own tower and projection
-        (a copy of a given pretrained tower when its config is not overridden)."""
-        config = self.config
-        if not config.i2m2_separate_towers:
-            return I2M2UnimodalHeads(config, self.layout)
-        overrides = config.i2m2_tower_overrides or {}
-        unimodal_towers = nn.ModuleDict()
-        for modality in config.modalities:
-            if modality.name in towers and modality.name not in overrides:
-                # The copy keeps the `_is_hf_initialized` flags, so `post_init` leaves it untouched.
-                tower = copy.deepcopy(towers[modality.name])
-            else:
-                tower = _build_tower(config.i2m2_tower_config(modality.name))
-            _set_trainable(tower, modality)
-            unimodal_towers[modality.name] = tower
-        projections = nn.ModuleDict({
-            modality.name: ModalityProjection(
-                ModalityConfig(name=modality.name, tower=unimodal_towers[modality.name].config,
-                               pooling=modality.pooling, num_tokens=modality.num_tokens),
-                config,
-            )
-            for modality in config.modalities
-        })
-        return I2M2UnimodalHeads(config, self.layout, unimodal_towers, projections)
+        present = self._presence(modality_mask, routed, batch_size_of(routed, modality_mask))
+        return self._modality_tokens(self.encoders, routed, present)
 
     def _route_inputs(self, modality_inputs: dict) -> dict[str, dict[str, torch.Tensor]]:
         routed: dict[str, dict[str, torch.Tensor]] = {}
@@ -604,189 +500,78 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         return routed
 
     def _presence(self, modality_mask, routed: dict, batch_size: int) -> torch.Tensor:
-        device = self.null_tokens.device
+        device = self.token_modality.device
+        names = list(self.layout.names)
         if modality_mask is None:
-            return torch.tensor([name in routed for name in self.layout.names], device=device).expand(batch_size, -1)
-        expected = (batch_size, self.layout.num_modalities)
-        if not isinstance(modality_mask, torch.Tensor) or tuple(modality_mask.shape) != expected:
-            shape = tuple(modality_mask.shape) if isinstance(modality_mask, torch.Tensor) else type(modality_mask).__name__
-            raise ValueError(
-                f"modality_mask: expected shape {expected} (batch, modalities {list(self.layout.names)}), got {shape}"
-            )
-        if modality_mask.dtype != torch.bool and not ((modality_mask == 0) | (modality_mask == 1)).all():
-            raise ValueError(f"modality_mask: values must be 0 or 1, got {modality_mask.unique().tolist()}")
+            return torch.tensor([name in routed for name in names], device=device).expand(batch_size, -1)
+        check_modality_mask(modality_mask, (batch_size, len(names)), names)
         present = modality_mask.to(device=device, dtype=torch.bool)
-        empty_rows = (~present.any(1)).nonzero().flatten().tolist()
-        if empty_rows:
-            raise ValueError(f"modality_mask: rows {empty_rows} have no modality present; every sample needs at least one")
-        for index, name in enumerate(self.layout.names):
-            if name not in routed and present[:, index].any():
-                raise ValueError(
-                    f"modality_mask marks modality {name!r} present, but no '{name}_*' input was given "
-                    f"(expected one of {[key for key, route in self._input_routes.items() if route[0] == name]}). "
-                    f"{_COLUMN_FILTER_HINT}"
-                )
+        check_presence(present, routed, self._input_routes, names)
         return present
 
+    def _drop_modalities(self, present: torch.Tensor) -> torch.Tensor:
+        """`config.modality_dropout`: each present modality of each row dropped at its rate (torch's
+        RNG), except that a row never loses all of them: it then keeps one, chosen at random."""
+        rates = self.config.modality_dropout_rates()
+        if max(rates) == 0.0:
+            return present
+        kept = present & (torch.rand(present.shape, device=present.device) >= present.new_tensor(rates, dtype=torch.float))
+        choice = torch.rand(present.shape, device=present.device).masked_fill(~present, -1.0).argmax(1)
+        rescued = F.one_hot(choice, present.shape[1]).bool() & ~kept.any(1, keepdim=True)
+        return kept | rescued
 
-# `from_pretrained` arguments that locate files, for reading the checkpoint's own config.json.
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+    def _encode(self, routed: dict, present: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The interaction part's tokens and the unimodal heads' tokens (the same tensor unless the
+        heads have separate towers); `None` for what the I2M2 mode does not use."""
+        mode = self._i2m2_mode()
+        separate = self.unimodal_encoders is not None
+        tokens = None if mode == "intra" and separate else self._modality_tokens(self.encoders, routed, present)
+        if self.i2m2_heads is None or mode == "inter":
+            return tokens, None
+        return tokens, self._modality_tokens(self.unimodal_encoders, routed, present) if separate else tokens
 
-
-def _check_saved_modalities(path, config: PreTrainedConfig, kwargs: dict) -> None:
-    """A `config` passed to `from_pretrained` must name the checkpoint's modalities, in its order:
-    otherwise towers would be loaded into the wrong modality or silently re-initialised."""
-    try:
-        saved, _ = I2MoEConfig.get_config_dict(path, **{key: kwargs[key] for key in _HUB_KWARGS if key in kwargs})
-    except OSError:  # no config.json beside the weights: the key check after loading still applies
-        return
-    saved_names = [modality.get("name") for modality in saved.get("modalities") or []]
-    if saved_names and saved_names != list(config.modality_names):
-        raise ValueError(
-            f"{path}: the checkpoint holds modalities {saved_names}, but the `config` passed to from_pretrained has "
-            f"{list(config.modality_names)}; load it with its own config (drop `config=`) or one with the same "
-            "modalities in the same order"
+    def _modality_tokens(self, encoders: nn.ModuleDict, routed: dict, present: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [encoder(routed.get(name), present[:, index]) for index, (name, encoder) in enumerate(encoders.items())],
+            dim=1,
         )
 
+    def _predict(self, tokens, unimodal_tokens, present: torch.Tensor, labels, problem_type: str) -> InteractionOutput:
+        """Tokens -> the interaction part, and with I2M2 heads the product of experts (per
+        `config.i2m2.mode`: product, intra-only or inter-only)."""
+        mode = self._i2m2_mode()
+        inter = None
+        if mode != "intra":
+            inter = self.interaction(tokens, present=present, null_tokens=self.null_tokens, labels=labels)
+        if mode == "inter":
+            return inter
+        unimodal_logits = self.i2m2_heads(unimodal_tokens)
+        logits = combine_i2m2(unimodal_logits, present, None if inter is None else inter.logits, problem_type)
+        # A missing modality's head is reported as zeros: it is not part of the product.
+        unimodal_logits = unimodal_logits.masked_fill(~present[..., None], 0.0)
+        return InteractionOutput(**{**(inter or {}), "logits": logits, "unimodal_logits": unimodal_logits})
 
-def _check_loaded_modalities(config: I2MoEConfig, loading_info: dict) -> None:
-    """Tower or projection weights missing from the checkpoint, or left over in it, mean the
-    checkpoint and the config disagree about the modalities."""
-    def modalities_of(keys) -> list[str]:
-        return sorted({key.split(".")[1] for key in keys if key.startswith(("towers.", "projections."))})
+    def _i2m2_mode(self) -> str:
+        return self.config.i2m2.mode if self.i2m2_heads is not None else "inter"
 
-    missing, unexpected = modalities_of(loading_info["missing_keys"]), modalities_of(loading_info["unexpected_keys"])
-    if missing or unexpected:
-        raise ValueError(
-            f"the checkpoint's weights do not match the config's modalities {list(config.modality_names)}: "
-            f"no weights for {missing}, unused weights of {unexpected}; load it with the config it was saved with"
-        )
+    def _problem_type(self, labels: torch.Tensor | None) -> str:
+        """`config.problem_type`, resolved from the first labelled call when unset and stored there
+        (so it is saved, and inference uses the rule training used); unset and unlabelled: single-label."""
+        if self.config.problem_type is None:
+            if labels is None:
+                return "single_label_classification"
+            self.config.problem_type = infer_problem_type(self.config.num_labels, labels)
+        return self.config.problem_type
 
-
-def _with_idle_modality_parameters(encoder: nn.Module, name: str, null: torch.Tensor, training: bool) -> torch.Tensor:
-    """`null` (the tokens of modality `name`, missing from the whole batch), tied to the
-    modality's trainable tower and projection parameters in `encoder` by a zero-weighted term.
-
-    DDP (without `find_unused_parameters=True`) needs a gradient for every trainable parameter
-    in every step of every process; a tower skipped because its modality is missing from this
-    process's batch would get none, and the step after fails. The zero-weighted term gives
-    those parameters an exact zero gradient (summed with the other processes' real ones) while
-    reading one element per parameter, instead of running the tower on placeholder data.
-    """
-    if not (training and torch.is_grad_enabled()):
-        return null
-    idle = [
-        parameter
-        for module in (encoder.towers[name], encoder.projections[name])
-        for parameter in module.parameters()
-        if parameter.requires_grad
-    ]
-    if not idle:
-        return null
-    anchor = torch.cat([parameter.reshape(-1)[:1] for parameter in idle]).sum() * 0.0
-    return null + anchor.to(null.dtype)
-
-
-def _build_tower(config) -> PreTrainedModel:
-    builtin = BUILTIN_TOWERS.get(config.model_type)
-    return builtin(config) if builtin is not None else AutoModel.from_config(config)
-
-
-def _set_trainable(tower: PreTrainedModel, modality: ModalityConfig) -> None:
-    if modality.freeze:
-        tower.requires_grad_(False)
-    elif modality.pooling != "pooler" and isinstance(getattr(tower, "pooler", None), nn.Module):
-        # An unused pooler would get no gradient, which DDP reports as an error.
-        tower.pooler.requires_grad_(False)
-
-
-def _tower_arguments(tower: nn.Module) -> list[str]:
-    parameters = inspect.signature(tower.forward).parameters
-    return [argument for argument in TOWER_INPUT_ARGUMENTS if argument in parameters]
-
-
-def _sequence_mask(tower, attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
-    """The padding mask of the tower's output sequence, when one can be told."""
-    if attention_mask is None:
-        return None
-    if attention_mask.shape[-1] == length:
-        return attention_mask
-    if hasattr(tower, "_get_feature_vector_attention_mask"):  # audio towers downsample their input
-        return tower._get_feature_vector_attention_mask(length, attention_mask)
-    return None
-
-
-def _batch_size(routed: dict[str, dict[str, torch.Tensor]], modality_mask) -> int:
-    sizes = {f"{name}_{argument}": value.shape[0] for name, inputs in routed.items() for argument, value in inputs.items()}
-    if isinstance(modality_mask, torch.Tensor) and modality_mask.dim() > 0:
-        sizes["modality_mask"] = modality_mask.shape[0]
-    if not sizes:
-        raise ValueError(f"the model received no modality inputs. {_COLUMN_FILTER_HINT}")
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"inputs disagree on the batch size: {sizes}")
-    batch_size = next(iter(sizes.values()))
-    if batch_size == 0:  # every loss of an empty batch is NaN
-        raise ValueError(f"the batch is empty: inputs {sorted(sizes)} have 0 rows")
-    return batch_size
-
-
-# Tower inputs by what they must hold; `_check_tower_inputs` checks them before the tower runs.
-_FLOAT_INPUTS = ("pixel_values", "input_values", "input_features", "features")
-_TOKEN_ALIGNED_INPUTS = ("attention_mask", "token_type_ids")
-
-
-def _check_tower_inputs(name: str, inputs: dict[str, torch.Tensor], tower_config) -> None:
-    """Reject the inputs a tower would turn into a NaN loss silently (NaN or inf features) or fail on
-    deep inside with an error that names neither the input nor the limit (integer pixels, token ids
-    beyond the vocabulary or the position table, masks not aligned with the ids). Only the rows that
-    reach the tower are checked: placeholder rows of missing samples may hold anything."""
-    if torch.compiler.is_compiling():  # data-dependent checks would break the graph
-        return
-    for argument, value in inputs.items():
-        key = f"{name}_{argument}"
-        if argument in _FLOAT_INPUTS:
-            if not value.is_floating_point():
-                raise TypeError(f"{key}: expected a floating-point tensor, got dtype {value.dtype} (convert and "
-                                "normalise it first, e.g. with the processor)")
-            if not torch.isfinite(value).all():
-                raise ValueError(f"{key}: contains NaN or inf values; clean or impute them before the model")
-    input_ids = inputs.get("input_ids")
-    if input_ids is None:
-        return
-    key = f"{name}_input_ids"
-    if input_ids.is_floating_point() or input_ids.dtype == torch.bool or input_ids.dim() != 2:
-        raise TypeError(f"{key}: expected integer token ids of shape (batch, sequence), got dtype {input_ids.dtype} "
-                        f"and shape {tuple(input_ids.shape)}")
-    vocab_size = getattr(tower_config, "vocab_size", None)
-    if vocab_size:
-        low, high = torch.aminmax(input_ids)  # one pass, one device sync below
-        if bool((low < 0) | (high >= vocab_size)):
-            raise ValueError(f"{key}: token ids must lie in [0, {vocab_size - 1}] (the tower's vocab_size is "
-                             f"{vocab_size}), got values from {low.item()} to {high.item()}; was the text "
-                             "tokenized with this tower's tokenizer?")
-    max_length = getattr(tower_config, "max_position_embeddings", None)
-    if max_length and input_ids.shape[1] > max_length:
-        raise ValueError(f"{key}: {input_ids.shape[1]} tokens, but the tower takes at most {max_length} "
-                         "(max_position_embeddings); truncate the text, e.g. with the processor's `text_max_length`")
-    for argument in _TOKEN_ALIGNED_INPUTS:
-        if argument in inputs and inputs[argument].shape != input_ids.shape:
-            raise ValueError(f"{name}_{argument}: expected the shape of {key} {tuple(input_ids.shape)}, got "
-                             f"{tuple(inputs[argument].shape)}")
-
-
-def _check_finite_labels(labels: torch.Tensor) -> None:
-    if not torch.compiler.is_compiling() and labels.is_floating_point() and not torch.isfinite(labels).all():
-        rows = (~torch.isfinite(labels.reshape(labels.shape[0], -1))).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"labels: rows {rows} hold NaN or inf targets; drop or fix them (the loss would be NaN)")
-
-
-def _infer_problem_type(num_labels: int, labels: torch.Tensor | None) -> str:
-    """transformers' rule; without labels (inference) a classifier is taken as single-label."""
-    if num_labels == 1:
-        return "regression"
-    if labels is None or (labels.dim() == 1 and not labels.is_floating_point()):
-        return "single_label_classification"
-    return "multi_label_classification"
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of `logits` for `config.problem_type` (see `_problem_type`)."""
+        problem_type = self._problem_type(labels)
+        check_labels(labels, logits, problem_type, self.config.num_labels)
+        if problem_type == "single_label_classification":
+            return F.cross_entropy(logits.float(), labels)
+        if problem_type == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return F.mse_loss(logits.float(), labels.float().reshape(logits.shape))
 
 
 __all__ = ["I2MoEForClassification", "I2MoEOutput", "I2MoEPreTrainedModel"]

@@ -17,71 +17,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 
-
-# Lite0 stages: (repeats, kernel size, stride, expansion ratio, input channels, output channels).
-LITE0_STAGES = [
-    [1, 3, 1, 1, 32, 16],
-    [2, 3, 2, 6, 16, 24],
-    [2, 5, 2, 6, 24, 40],
-    [3, 3, 2, 6, 40, 80],
-    [3, 5, 1, 6, 80, 112],
-    [4, 5, 2, 6, 112, 192],
-    [1, 3, 1, 6, 192, 320],
-]
-
-
-class I2MoEEfficientNetLiteConfig(PreTrainedConfig):
-    r"""
-    Configuration of [`I2MoEEfficientNetLiteModel`] (defaults: EfficientNet-Lite0, 4.7M parameters).
-
-    Args:
-        num_channels (`int`): input image channels.
-        stem_channels (`int`): channels of the stride-2 3x3 stem convolution.
-        stages (`list[list[int]]`): per stage `[repeats, kernel_size, stride, expand_ratio,
-            in_channels, out_channels]` of its inverted-residual (MBConv) blocks.
-        hidden_size (`int`): channels of the 1x1 head convolution: the width of the tower's output.
-        batch_norm_eps (`float`), batch_norm_momentum (`float`): BatchNorm settings (TensorFlow's
-            1e-3 and 0.99, i.e. PyTorch momentum 0.01).
-        classifier_dropout_prob (`float`): dropout before the ImageNet classifier.
-
-    Example:
-
-    ```python
-    >>> from i2moe import I2MoEEfficientNetLiteConfig
-    >>> I2MoEEfficientNetLiteConfig().hidden_size
-    1280
-    ```
-    """
-
-    model_type = "i2moe_efficientnet_lite"
-    num_channels: int = 3
-    stem_channels: int = 32
-    stages: list | None = None
-    hidden_size: int = 1280
-    batch_norm_eps: float = 1e-3
-    batch_norm_momentum: float = 0.01
-    classifier_dropout_prob: float = 0.2
-
-    def __post_init__(self, **kwargs):
-        if self.stages is None:
-            self.stages = [list(stage) for stage in LITE0_STAGES]
-        for index, stage in enumerate(self.stages):
-            if len(stage) != 6 or any(isinstance(value, bool) or not isinstance(value, int) or value < 1 for value in stage):
-                raise ValueError(
-                    f"I2MoEEfficientNetLiteConfig: stages[{index}] must be 6 positive ints [repeats, kernel_size, stride, "
-                    f"expand_ratio, in_channels, out_channels], got {stage!r}"
-                )
-        channels = [self.stem_channels] + [stage[5] for stage in self.stages[:-1]]
-        mismatched = [index for index, (stage, expected) in enumerate(zip(self.stages, channels)) if stage[4] != expected]
-        if mismatched:
-            raise ValueError(
-                f"I2MoEEfficientNetLiteConfig: stage(s) {mismatched} take in_channels that differ from the previous "
-                "stage's out_channels (or stem_channels for stage 0)"
-            )
-        super().__post_init__(**kwargs)
+from .configuration_i2moe import I2MoEEfficientNetLiteConfig
+from .registry_i2moe import TOWERS
 
 
 class SamePaddingConv2d(nn.Conv2d):
@@ -154,6 +94,7 @@ class I2MoEEfficientNetLitePreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
 
 
+@TOWERS.register("i2moe_efficientnet_lite")
 class I2MoEEfficientNetLiteModel(I2MoEEfficientNetLitePreTrainedModel):
     r"""
     EfficientNet-Lite feature extractor. `last_hidden_state` is the head's feature map `(batch,

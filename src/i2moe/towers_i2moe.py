@@ -1,7 +1,7 @@
 """Built-in modality towers: an MLP for float feature vectors and a LeNet-style CNN.
 
-Both are ordinary `PreTrainedModel`s returning `BaseModelOutputWithPooling`, registered with
-`AutoModel` on package import. This file travels with saved models as Hub remote code.
+Both are ordinary `PreTrainedModel`s returning `BaseModelOutputWithPooling`, registered in
+`registry_i2moe.TOWERS` (and with `AutoModel` on package import). This file travels with saved models as Hub remote code.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .configuration_i2moe import I2MoEFeaturesConfig, I2MoELeNetConfig
-from .towers_efficientnet_lite import I2MoEEfficientNetLiteModel
+from .registry_i2moe import TOWERS
 
 
+@TOWERS.register("i2moe_features")
 class I2MoEFeaturesModel(PreTrainedModel):
     r"""
     MLP tower for float features: `(batch, input_size)` or `(batch, length, input_size)` in,
@@ -51,6 +52,7 @@ class I2MoEFeaturesModel(PreTrainedModel):
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=hidden.mean(1))
 
 
+@TOWERS.register("i2moe_lenet")
 class I2MoELeNetModel(PreTrainedModel):
     r"""
     LeNet-style CNN tower (MultiBench / I2M2 AV-MNIST encoders) for `(batch, channels, H, W)`
@@ -119,12 +121,5 @@ def _check_float_input(name: str, tensor, allowed_dims: tuple[int, ...], last_di
     if last_dim is not None and tensor.shape[-1] != last_dim:
         raise ValueError(f"{name}: expected {last_dim} values in the last dimension, got shape {tuple(tensor.shape)}")
 
-
-# Keyed by `model_type`, not config class: under remote code, the config and the modeling files can
-# be loaded as two copies of the same module, so class identity does not hold.
-BUILTIN_TOWERS = {
-    model.config_class.model_type: model
-    for model in (I2MoEFeaturesModel, I2MoELeNetModel, I2MoEEfficientNetLiteModel)
-}
 
 __all__ = ["I2MoEFeaturesModel", "I2MoELeNetModel"]

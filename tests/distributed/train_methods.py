@@ -39,7 +39,7 @@ from transformers import Trainer, TrainingArguments
 
 from i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification
 from i2moe.dmil_training import apply_dmil_stage
-from i2moe.modeling_i2moe import INTERACTIONS
+from i2moe.registry_i2moe import INTERACTIONS
 
 
 FEATURE_SIZES = (8, 4, 6)
@@ -50,7 +50,7 @@ NUM_ROWS = 32
 def variants() -> dict[str, dict]:
     """Variant name -> `I2MoEConfig` overrides (plus `dmil_stage`, applied with `apply_dmil_stage`)."""
     found = {}
-    for method in sorted(INTERACTIONS):
+    for method in INTERACTIONS.names():
         stages = (1, 2, 3) if method == "dmil" else (None,)
         for stage in stages:
             name = method if stage is None else f"{method}-stage{stage}"
