@@ -162,8 +162,9 @@ class DMILSynergy(nn.Module):
         super().__init__()
         latent = config.dmil.latent_size
         pairs = list(itertools.combinations(range(num_modalities), 2))
-        self.register_buffer("pair_left", torch.tensor([i for i, _ in pairs], dtype=torch.long), persistent=False)
-        self.register_buffer("pair_right", torch.tensor([j for _, j in pairs], dtype=torch.long), persistent=False)
+        # Python lists, not buffers: non-persistent integer buffers are left uninitialised when
+        # `from_pretrained` builds the model on the meta device (found by tests/test_architecture.py).
+        self.pair_left, self.pair_right = [i for i, _ in pairs], [j for _, j in pairs]
         self.mlp = StackedMLPHead(
             1, (num_modalities + len(pairs)) * latent, config.hidden_size, latent, config.dropout, linear=DMILLinear
         )

@@ -126,17 +126,16 @@ class ModalityEncoder(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
         self.layer_norm = nn.LayerNorm(config.hidden_size)
-        null_shape = (modality.num_tokens, config.hidden_size)
-        if learned_null_tokens:
-            self.null_tokens = nn.Parameter(torch.empty(null_shape))
-        else:
-            self.register_buffer("null_tokens", torch.zeros(null_shape), persistent=False)
+        self.num_tokens = modality.num_tokens
+        # Zeros are made at each call rather than kept in a buffer: `from_pretrained` leaves
+        # non-persistent buffers uninitialised when it builds the model on the meta device.
+        self.null_tokens = nn.Parameter(torch.empty(self.num_tokens, config.hidden_size)) if learned_null_tokens else None
         parameters = inspect.signature(self.tower.forward).parameters
         self.input_arguments = [argument for argument in TOWER_INPUT_ARGUMENTS if argument in parameters]
         self.input_arguments += CACHED_INPUT_ARGUMENTS
 
     def init_parameters(self, std: float) -> None:
-        if isinstance(self.null_tokens, nn.Parameter):
+        if self.null_tokens is not None:
             init.normal_(self.null_tokens, mean=0.0, std=1.0)  # the scale of the layer-normed tokens
 
     def apply_freezing(self) -> None:
@@ -157,7 +156,7 @@ class ModalityEncoder(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor] | None, present: torch.Tensor) -> torch.Tensor:
         """`inputs` (tower inputs without the modality prefix, or `None` when the batch has none) and
         `present` `(B,)` bool -> tokens `(B, P, d)`."""
-        null = self.null_tokens.expand(present.shape[0], -1, -1)
+        null = self.filler_tokens().expand(present.shape[0], -1, -1)
         if inputs is None or not present.any():
             return self._with_idle_parameters(null)
         if present.all():
@@ -169,6 +168,12 @@ class ModalityEncoder(nn.Module):
         indices = present.nonzero().squeeze(1)
         encoded = self.encode({argument: value[indices] for argument, value in inputs.items()})
         return null.index_copy(0, indices, encoded.to(null.dtype))
+
+    def filler_tokens(self) -> torch.Tensor:
+        """What the rows without this modality get `(P, d)`: the learned null tokens, or zeros."""
+        if self.null_tokens is not None:
+            return self.null_tokens
+        return self.projection.weight.new_zeros(self.num_tokens, self.projection.out_features)
 
     def encode(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Rows that all hold the modality -> tokens `(B, P, d)`."""

@@ -104,35 +104,38 @@ class I2MoEInteraction(nn.Module):
             num_modalities * config.hidden_size, num_experts, settings.reweight_hidden_size,
             settings.reweight_num_layers, settings.reweight_dropout, settings.temperature,
         )
+        self.layout = layout
+        for name, value in self._constants().items():  # buffers, so they follow `.to(device)`
+            self.register_buffer(name, value, persistent=False)
+
+    def init_parameters(self, std: float) -> None:
+        """Called by the model's `_init_weights`, also after `from_pretrained`, which builds the model on
+        the meta device and leaves non-persistent buffers uninitialised: the constants are set again."""
+        with torch.no_grad():
+            for name, value in self._constants().items():
+                getattr(self, name).copy_(value)
+
+    def _constants(self) -> dict[str, torch.Tensor]:
+        """The variant mask and the fixed matrices of `interaction_loss_terms`."""
+        num_modalities, num_experts, layout = self.num_modalities, self.num_experts, self.layout
         # Row 0: the clean input; row j + 1: modality j's tokens replaced. Shape (V, 1, T, 1).
         variant_mask = torch.zeros(num_modalities + 1, layout.total_tokens, dtype=torch.bool)
         for index in range(num_modalities):
             variant_mask[index + 1, layout.token_slice(index)] = True
-        self.register_buffer("variant_mask", variant_mask[:, None, :, None], persistent=False)
-        self._register_loss_constants(num_modalities, num_experts)
-
-    def _register_loss_constants(self, num_modalities: int, num_experts: int) -> None:
-        """Fixed matrices of `interaction_loss_terms` (buffers, so they follow `.to(device)`)."""
         # Which (expert, perturbed modality j) pairs enter each expert's mean: uniqueness expert i
         # averages over its positives j != i; synergy and redundancy over every j. Shape (K, M, 1).
         pair_weights = torch.ones(num_experts, num_modalities)
         pair_weights[:num_modalities].fill_diagonal_(0.0)
-        self.register_buffer("pair_weights", pair_weights[:, :, None], persistent=False)
         # Row j: variant j + 1 minus the clean variant 0. Shape (M, V).
         difference = torch.cat([-torch.ones(num_modalities, 1), torch.eye(num_modalities)], dim=1)
-        self.register_buffer("difference_matrix", difference, persistent=False)
         # Uniqueness expert i maps distances d_j to d_j - d_i (the matrix I - 1 e_i^T); the other
         # experts read no triplet (zeros). Shape (K, M, M).
         negative = torch.zeros(num_experts, num_modalities, num_modalities)
         negative[:num_modalities] = torch.eye(num_modalities) - torch.eye(num_modalities)[:, None, :]
-        self.register_buffer("negative_matrix", negative, persistent=False)
-        self.register_buffer("margin_tensor", torch.full((1, 1, 1), float(self.margin)), persistent=False)
         # Each expert's own modality's presence (uniqueness) or 1 (synergy, redundancy), as the
         # affine map `own_select @ present + own_offset`.
         own_select = torch.zeros(num_experts, num_modalities)
         own_select[:num_modalities] = torch.eye(num_modalities)
-        self.register_buffer("own_select", own_select, persistent=False)
-        self.register_buffer("own_offset", (own_select.sum(1, keepdim=True) == 0).float(), persistent=False)
         # Which candidate each expert's loss reads, as weights (K, 1, 2H, 1) over the candidates
         # [triplet (H halves), similarity input (H halves)], plus a constant per expert. Halves:
         # raw and unit-normalised logits (H = 2) for classification, raw (H = 1) for regression.
@@ -143,10 +146,14 @@ class I2MoEInteraction(nn.Module):
         routing = torch.zeros(num_experts, 1, 2 * halves, 1)
         routing[:num_modalities, 0, 0] = 1.0
         routing[redundancy, 0, -1], routing[synergy, 0, -1] = (-1.0, 1.0) if self.regression else (0.5, -0.5)
-        self.register_buffer("routing", routing, persistent=False)
         offset = torch.zeros(num_experts)
         offset[redundancy if self.regression else synergy] = 1.0
-        self.register_buffer("loss_offset", offset, persistent=False)
+        return {
+            "variant_mask": variant_mask[:, None, :, None], "pair_weights": pair_weights[:, :, None],
+            "difference_matrix": difference, "negative_matrix": negative,
+            "margin_tensor": torch.full((1, 1, 1), float(self.margin)), "own_select": own_select,
+            "own_offset": (own_select.sum(1, keepdim=True) == 0).float(), "routing": routing, "loss_offset": offset,
+        }
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor,
                 labels: torch.Tensor | None = None) -> InteractionOutput:

@@ -182,8 +182,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
             for name, encoder in self.encoders.items()
             for argument in encoder.input_arguments
         }
-        token_modality = [index for index, count in enumerate(self.layout.num_tokens) for _ in range(count)]
-        self.register_buffer("token_modality", torch.tensor(token_modality), persistent=False)
+        self._token_modality = [index for index, count in enumerate(self.layout.num_tokens) for _ in range(count)]
         self.post_init()
         self.set_frozen()
 
@@ -350,12 +349,13 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         config = kwargs.get("config")
         if isinstance(config, PreTrainedConfig):
             check_saved_modalities(pretrained_model_name_or_path, saved, config)
+        source = pretrained_model_name_or_path
         try:
             if saved is not None and saved.get("i2moe_format_version", 1) == 1 and "state_dict" not in kwargs:
-                kwargs["state_dict"] = load_format1_state_dict(pretrained_model_name_or_path, saved, kwargs)
-            model, loading_info = super().from_pretrained(
-                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-            )
+                kwargs["state_dict"] = load_format1_state_dict(source, saved, kwargs)
+                kwargs.setdefault("config", I2MoEConfig.from_dict(saved))  # converted to the grouped settings
+                source = None  # transformers takes the weights from `state_dict` alone
+            model, loading_info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
         except SafetensorError as error:
             raise OSError(
                 f"{pretrained_model_name_or_path}: the safetensors weights cannot be read ({error}); the file is "
@@ -460,7 +460,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         num_subsets, batch = subsets.shape[0], present.shape[0]
         tokens, unimodal_tokens = self._encode(routed, present)
         kept = (present[None] & subsets.bool()[:, None]).flatten(0, 1)  # (S·B, M)
-        kept_tokens = kept[:, self.token_modality][..., None]  # (S·B, T, 1)
+        kept_tokens = kept[:, torch.tensor(self._token_modality, device=kept.device)][..., None]  # (S·B, T, 1)
 
         def restrict(tokens: torch.Tensor | None, null: torch.Tensor) -> torch.Tensor | None:
             return None if tokens is None else torch.where(kept_tokens, tokens.repeat(num_subsets, 1, 1), null)
@@ -500,7 +500,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         return routed
 
     def _presence(self, modality_mask, routed: dict, batch_size: int) -> torch.Tensor:
-        device = self.token_modality.device
+        device = self.device
         names = list(self.layout.names)
         if modality_mask is None:
             return torch.tensor([name in routed for name in names], device=device).expand(batch_size, -1)
