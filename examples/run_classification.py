@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import sys
 from dataclasses import dataclass, field
 
@@ -70,6 +69,11 @@ class ModelArguments:
     fusion_num_layers: int = field(default=1, metadata={"help": "Transformer fusion: number of blocks."})
     fusion_num_heads: int = field(default=4, metadata={"help": "Transformer fusion: attention heads."})
     dropout: float = field(default=0.1, metadata={"help": "Dropout in projections and fusion."})
+    modality_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Training only: drop each modality of each sample with this probability (one always stays); "
+                          "`config.modality_dropout`."},
+    )
     image_model: str | None = field(
         default=None, metadata={"help": "Fashion: image tower folder (default: EfficientNet-Lite0, converted into the cache on first use)."}
     )
@@ -100,10 +104,6 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation samples."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Use only the first N test samples."})
-    modality_dropout: float = field(
-        default=0.0,
-        metadata={"help": "Training only: drop each modality of each sample with this probability (one always stays)."},
-    )
     eval_missing_modality: str | None = field(
         default=None, metadata={"help": "Also evaluate validation and test with this modality removed from every sample."}
     )
@@ -193,7 +193,7 @@ def build_model(task: Task, model_args: ModelArguments) -> I2MoEForClassificatio
     config = I2MoEConfig(
         modalities=modalities, hidden_size=model_args.hidden_size, method=model_args.method, fusion=model_args.fusion,
         fusion_num_layers=model_args.fusion_num_layers, fusion_num_heads=model_args.fusion_num_heads,
-        dropout=model_args.dropout, num_labels=len(task.label_names),
+        dropout=model_args.dropout, modality_dropout=model_args.modality_dropout, num_labels=len(task.label_names),
         id2label=dict(enumerate(task.label_names)), label2id={label: index for index, label in enumerate(task.label_names)},
     )
     pretrained = {name: tower for name, tower in task.towers.items() if isinstance(tower, PreTrainedModel)}
@@ -201,53 +201,34 @@ def build_model(task: Task, model_args: ModelArguments) -> I2MoEForClassificatio
 
 
 class MultimodalCollator:
-    """Raw rows -> model inputs through the processor. Modalities listed in `missing` are removed
-    from every row; with `dropout > 0` (training), each modality of each row is also dropped with
-    that probability, keeping at least one per row."""
+    """Raw rows -> model inputs through the processor; the modality named `missing` is removed from
+    every row (evaluation with a modality missing). Modality dropout in training is the model's
+    (`config.modality_dropout`)."""
 
-    def __init__(self, processor: I2MoEProcessor, dropout: float = 0.0, missing: str | None = None, seed: int = 0):
-        self.processor, self.dropout, self.missing = processor, dropout, missing
-        self.rng = random.Random(seed)
+    def __init__(self, processor: I2MoEProcessor, missing: str | None = None):
+        self.processor, self.missing = processor, missing
 
     def __call__(self, rows: list[dict]):
-        samples = []
-        for row in rows:
-            sample = {name: row.get(name) for name in self.processor.modality_names if name != self.missing}
-            if self.dropout:
-                present = [name for name, value in sample.items() if value is not None]
-                dropped = [name for name in present if self.rng.random() < self.dropout]
-                if len(dropped) == len(present):  # never drop every modality of a sample
-                    dropped.remove(self.rng.choice(dropped))
-                sample.update(dict.fromkeys(dropped))
-            samples.append({**sample, "labels": row["labels"]})
+        samples = [{**{name: row.get(name) for name in self.processor.modality_names if name != self.missing},
+                    "labels": row["labels"]} for row in rows]
         return self.processor(samples)
 
 
 class MultimodalTrainer(ModelCardTrainerMixin, Trainer):
-    """Trainer that saves the I2MoE processor with every checkpoint and the final model, whose
-    training batches (only) go through the modality-dropout collator, and whose `push_to_hub` /
-    `create_model_card` write the I2MoE model card (`i2moe.hub.ModelCardTrainerMixin`).
+    """Trainer that saves the I2MoE processor with every checkpoint and the final model, and whose
+    `push_to_hub` / `create_model_card` write the I2MoE model card (`i2moe.hub.ModelCardTrainerMixin`).
 
     The processor is not passed as `processing_class`: Trainer treats a `ProcessorMixin` there as
     holding one `tokenizer` whose special tokens it copies into the model config, which does not
     fit a processor with one sub-processor per modality."""
 
-    def __init__(self, *args, processor: I2MoEProcessor, train_collator=None, **kwargs):
+    def __init__(self, *args, processor: I2MoEProcessor, **kwargs):
         super().__init__(*args, **kwargs)
-        self.processor, self.train_collator = processor, train_collator
+        self.processor = processor
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict=state_dict)
         self.processor.save_pretrained(output_dir or self.args.output_dir)
-
-    def get_train_dataloader(self):
-        if self.train_collator is None:
-            return super().get_train_dataloader()
-        eval_collator, self.data_collator = self.data_collator, self.train_collator
-        try:
-            return super().get_train_dataloader()
-        finally:
-            self.data_collator = eval_collator
 
 
 def compute_metrics_fn():
@@ -279,8 +260,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     if data_args.dataset not in DATASETS:
         raise ValueError(f"--dataset must be one of {sorted(DATASETS)}, got {data_args.dataset!r}")
-    if not 0.0 <= data_args.modality_dropout < 1.0:
-        raise ValueError(f"--modality_dropout must be in [0, 1), got {data_args.modality_dropout}")
     set_seed(training_args.seed)
     task = DATASETS[data_args.dataset](data_args, model_args)
     if data_args.eval_missing_modality not in (None, *task.processors):
@@ -302,8 +281,6 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=splits["validation"] if training_args.do_eval else None,
         processor=processor,
         data_collator=MultimodalCollator(processor),
-        train_collator=MultimodalCollator(processor, dropout=data_args.modality_dropout, seed=training_args.seed)
-        if data_args.modality_dropout else None,
         compute_metrics=compute_metrics_fn(),
     )
 

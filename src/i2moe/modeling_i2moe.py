@@ -33,7 +33,7 @@ from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
 from .checks_i2moe import (
-    COLUMN_FILTER_HINT, as_tensor_input, batch_size_of, check_labels, check_loaded_weights, check_modality_mask,
+    as_tensor_input, batch_size_of, check_labels, check_loaded_weights, check_modality_mask,
     check_modality_names, check_presence, check_saved_modalities, infer_problem_type, load_format1_state_dict,
     saved_config_dict,
 )
