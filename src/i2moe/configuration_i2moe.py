@@ -494,6 +494,7 @@ class I2MoEConfig(PreTrainedConfig):
         if self.i2m2 is not None:
             self.i2m2 = I2M2Config.parse(self.i2m2, "i2m2")
             self._validate_i2m2()
+        _check_label_maps(self, kwargs)
         super().__post_init__(**kwargs)
         _require_positive_int("num_labels", self.num_labels, "I2MoEConfig")
         self._resolve_problem_type()
@@ -620,6 +621,25 @@ def _move_flat_method_fields(config: I2MoEConfig, kwargs: dict) -> None:
             f"I2MoEConfig: {sorted(f'i2m2_{key}' for key in i2m2)} configure the I2M2 heads; set `i2m2_heads=True` "
             "(or pass `i2m2={...}`)"
         )
+
+
+def _check_label_maps(config: I2MoEConfig, kwargs: dict) -> None:
+    """`num_labels`, `id2label` and `label2id` must agree: transformers would only warn, then replace
+    the given label names by `LABEL_i`. A `label2id` alone gives the `id2label` it inverts."""
+    id2label, label2id, num_labels = config.id2label, config.label2id, kwargs.get("num_labels")
+    if label2id is not None and id2label is None:
+        id2label = config.id2label = {int(index): label for label, index in label2id.items()}
+    if id2label is None:
+        return
+    id2label = {int(index): label for index, label in id2label.items()}
+    if num_labels is not None and len(id2label) != num_labels:
+        raise ValueError(f"I2MoEConfig: `num_labels={num_labels}` but `id2label` names {len(id2label)} labels "
+                         f"({list(id2label.values())[:5]}...); give one, or make them agree")
+    if sorted(id2label) != list(range(len(id2label))):
+        raise ValueError(f"I2MoEConfig: `id2label` keys must be 0..{len(id2label) - 1}, got {sorted(id2label)}")
+    if label2id is not None and {label: int(index) for label, index in label2id.items()} != {
+            label: index for index, label in id2label.items()}:
+        raise ValueError(f"I2MoEConfig: `label2id` {dict(label2id)} is not the inverse of `id2label` {id2label}")
 
 
 def _check_modality_dropout(rates, names: list[str]) -> None:

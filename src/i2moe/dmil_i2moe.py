@@ -39,6 +39,7 @@ from transformers import initialization as init
 from .fusion_i2moe import (
     InteractionOutput, ModalityMean, StackedLinear, StackedMLPHead, TokenLayout, interaction_component_names,
 )
+from .noise_i2moe import standard_normal
 from .registry_i2moe import INTERACTIONS
 
 
@@ -76,15 +77,18 @@ class StackedVIB(nn.Module):
     inference is deterministic.
     """
 
-    def __init__(self, num_stacks: int, in_features: int, latent_size: int):
+    def __init__(self, num_stacks: int, in_features: int, latent_size: int, stream: int):
         super().__init__()
         self.linear = DMILLinear(num_stacks, in_features, 2 * latent_size)
+        self.stream = stream  # which of a training step's per-sample noise streams it samples from
 
-    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, inputs: torch.Tensor, noise=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mean, logvar = self.linear(inputs).float().chunk(2, dim=-1)
         # Bound the log-variance: exp() of an unbounded logvar overflows in bf16/fp16 and in early steps.
         logvar = logvar.clamp(-10.0, 10.0)
-        sample = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if self.training else mean
+        if not self.training:
+            return mean, mean, logvar
+        sample = mean + standard_normal(noise, mean, self.stream, batch_dim=1) * (0.5 * logvar).exp()
         return sample, mean, logvar
 
 
@@ -95,18 +99,18 @@ class DMILIntraModality(nn.Module):
     def __init__(self, config, num_modalities: int):
         super().__init__()
         hidden, latent = config.hidden_size, config.dmil.latent_size
-        self.task_vib = StackedVIB(num_modalities, hidden, latent)
-        self.inter_vib = StackedVIB(num_modalities, hidden, latent)
+        self.task_vib = StackedVIB(num_modalities, hidden, latent, stream=3)
+        self.inter_vib = StackedVIB(num_modalities, hidden, latent, stream=4)
         self.decoder = StackedMLPHead(
             num_modalities, 2 * latent, max(hidden // 2, 1), hidden, config.dropout, linear=DMILLinear
         )
         self.head = DMILLinear(num_modalities, latent, config.num_labels)
 
-    def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, pooled: torch.Tensor, noise=None) -> dict[str, torch.Tensor]:
         """`pooled` (M, B, d) -> the parts, their Gaussian parameters, unimodal logits (M, B, C)
         and the losses that do not need labels."""
-        task, task_mean, task_logvar = self.task_vib(pooled)
-        inter, inter_mean, inter_logvar = self.inter_vib(pooled)
+        task, task_mean, task_logvar = self.task_vib(pooled, noise)
+        inter, inter_mean, inter_logvar = self.inter_vib(pooled, noise)
         reconstruction = self.decoder(torch.cat([task, inter], dim=-1))
         return {
             "task": task, "task_mean": task_mean, "inter": inter,
@@ -127,18 +131,18 @@ class DMILConsistency(nn.Module):
         super().__init__()
         latent = config.dmil.latent_size
         self.num_modalities = num_modalities
-        self.redundancy_vib = StackedVIB(1, num_modalities * latent, latent)
+        self.redundancy_vib = StackedVIB(1, num_modalities * latent, latent, stream=5)
         # Per modality, one matmul gives both q(R | M_m) (the alignment target) and U_m.
-        self.per_modality_vib = StackedVIB(num_modalities, latent, 2 * latent)
+        self.per_modality_vib = StackedVIB(num_modalities, latent, 2 * latent, stream=6)
         self.decoder = StackedMLPHead(num_modalities, 2 * latent, latent, latent, config.dropout, linear=DMILLinear)
 
-    def forward(self, task_mean: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, task_mean: torch.Tensor, noise=None) -> dict[str, torch.Tensor]:
         """`task_mean` (M, B, L) -> R (B, L), U (M, B, L) and the level-2 losses."""
         num_modalities, batch, latent = task_mean.shape
         redundancy, redundancy_mean, redundancy_logvar = self.redundancy_vib(
-            task_mean.transpose(0, 1).reshape(1, batch, num_modalities * latent)
+            task_mean.transpose(0, 1).reshape(1, batch, num_modalities * latent), noise
         )
-        sample, mean, logvar = self.per_modality_vib(task_mean)
+        sample, mean, logvar = self.per_modality_vib(task_mean, noise)
         conditional_mean, unique_mean = mean.chunk(2, dim=-1)
         conditional_logvar, unique_logvar = logvar.chunk(2, dim=-1)
         unique = sample[..., latent:]
@@ -244,17 +248,17 @@ class DMILInteraction(nn.Module):
         return [self.intra]
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor,
-                labels: torch.Tensor | None = None) -> InteractionOutput:
+                labels: torch.Tensor | None = None, noise=None) -> InteractionOutput:
         stage = self.config.dmil.stage
         pooled = self.modality_mean(tokens).transpose(0, 1)  # (M, B, d)
-        intra = self.intra(pooled)
+        intra = self.intra(pooled, noise)
         unimodal_logits = intra["unimodal_logits"].transpose(0, 1)  # (B, M, C)
         terms = {"kl_intra": intra["kl_intra"], "reconstruction_intra": intra["reconstruction_intra"]}
         outputs = {"unimodal_logits": unimodal_logits}
         if stage == 1:
             logits = unimodal_logits.float().log_softmax(-1).mean(1).detach()
         else:
-            components = self._components(intra, terms)  # (K, B, L)
+            components = self._components(intra, terms, noise)  # (K, B, L)
             component_logits = self.component_heads(components).transpose(0, 1)  # (B, K, C)
             gate_weights = self.gate(components.transpose(0, 1).flatten(1)[None])[0].float().softmax(-1)
             logits = (gate_weights[..., None] * component_logits.float()).sum(1)
@@ -266,11 +270,11 @@ class DMILInteraction(nn.Module):
             terms["ce_components"] = _summed_cross_entropy(outputs["component_logits"], labels)
         return InteractionOutput(logits=logits, interaction_loss=self._stage_loss(stage, terms), loss_terms=terms, **outputs)
 
-    def _components(self, intra: dict[str, torch.Tensor], terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _components(self, intra: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], noise) -> torch.Tensor:
         synergy = self.synergy(intra["inter"])
         if not self.full_decomposition:
             return torch.cat([intra["task_mean"], synergy[None]], dim=0)
-        consistency = self.consistency(intra["task_mean"])
+        consistency = self.consistency(intra["task_mean"], noise)
         for name in ("kl_consistency", "alignment", "reconstruction_consistency"):
             terms[name] = consistency[name]
         return torch.cat([consistency["unique"], consistency["redundancy"][None], synergy[None]], dim=0)

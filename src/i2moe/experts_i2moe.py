@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fusion_i2moe import InteractionOutput, ModalityMean, TokenLayout, build_fusion, interaction_component_names
+from .noise_i2moe import standard_normal
 from .registry_i2moe import INTERACTIONS
 
 
@@ -156,12 +157,12 @@ class I2MoEInteraction(nn.Module):
         }
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor,
-                labels: torch.Tensor | None = None) -> InteractionOutput:
+                labels: torch.Tensor | None = None, noise=None) -> InteractionOutput:
         batch = tokens.shape[0]
         weights = self.reweighting(self.modality_mean(tokens).flatten(1))  # (B, K)
         interaction_loss = loss_terms = None
         if self.training:
-            variants = torch.where(self.variant_mask, self.replacement(tokens, null_tokens), tokens)
+            variants = torch.where(self.variant_mask, self.replacement(tokens, null_tokens, noise), tokens)
             outputs = self.experts(variants.view(1, -1, *tokens.shape[1:]))
             outputs = outputs.view(self.num_experts, self.num_modalities + 1, batch, -1)  # (K, V, B, C)
             clean = outputs[:, 0]
@@ -180,12 +181,13 @@ class I2MoEInteraction(nn.Module):
             interaction_loss=interaction_loss, loss_terms=loss_terms,
         )
 
-    def replacement(self, tokens: torch.Tensor, null_tokens: torch.Tensor) -> torch.Tensor:
+    def replacement(self, tokens: torch.Tensor, null_tokens: torch.Tensor, noise=None) -> torch.Tensor:
         """What a perturbed modality's tokens become, `(B or 1, T, d)`; each variant uses only its
-        modality's slice. Noise comes from torch's global RNG (`torch.manual_seed` repeats it); one
-        draw serves every variant, since the variants use disjoint slices of it."""
+        modality's slice. Noise is drawn per sample from `noise` (a `CounterNoise`) or else from
+        torch's global RNG (`torch.manual_seed` repeats it); one draw serves every variant, since
+        the variants use disjoint slices of it."""
         if self.perturbation == "noise":
-            return torch.randn_like(tokens)
+            return standard_normal(noise, tokens, stream=2)
         if self.perturbation == "zero":
             return tokens.new_zeros(1, *tokens.shape[1:])
         if self.perturbation == "mean":
@@ -236,7 +238,20 @@ class I2MoEInteraction(nn.Module):
         present_t = present.T.to(self.own_select.dtype)  # (M, B)
         own = torch.addmm(self.own_offset, self.own_select, present_t)  # (K, B): modality i, or 1
         pairs = self.pair_weights * own[:, None] * present_t
-        return pairs / pairs.sum((1, 2), keepdim=True).clamp_min(1.0)
+        return pairs / _global_mean_count(pairs.sum((1, 2), keepdim=True), self.training).clamp_min(1.0)
+
+
+def _global_mean_count(count: torch.Tensor, training: bool) -> torch.Tensor:
+    """The pair count of each expert's mean, as the mean over the processes of a distributed
+    training run: each process's loss is then `sum_local / (count_global / world_size)`, and DDP's
+    average of the processes' gradients is the gradient of the one-process mean over the global
+    batch, however the processes' batches differ in missing modalities."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not (training and distributed and torch.distributed.get_world_size() > 1):
+        return count
+    count = count.detach().clone()
+    torch.distributed.all_reduce(count)
+    return count / torch.distributed.get_world_size()
 
 
 __all__ = ["I2MoEInteraction", "ReweightingModel"]

@@ -299,7 +299,7 @@ class VanillaFusion(nn.Module):
         self.backbone = build_fusion(config, layout, num_stacks=1)
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor,
-                labels: torch.Tensor | None = None) -> InteractionOutput:
+                labels: torch.Tensor | None = None, noise=None) -> InteractionOutput:
         return InteractionOutput(logits=self.backbone(tokens[None])[0])
 
 

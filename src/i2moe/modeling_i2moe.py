@@ -22,6 +22,7 @@ This file travels with saved models as Hub remote code: it imports only its sibl
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ from .encoders_i2moe import ModalityEncoder
 from .experts_i2moe import I2MoEInteraction  # noqa: F401  and saves their files as remote code)
 from .fusion_i2moe import InteractionOutput, TokenLayout
 from .i2m2_i2moe import I2M2UnimodalHeads, assemble_i2m2, combine_i2m2
+from .noise_i2moe import CounterNoise, uniform
 from .registry_i2moe import INTERACTIONS
 
 
@@ -183,6 +185,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
             for argument in encoder.input_arguments
         }
         self._token_modality = [index for index, count in enumerate(self.layout.num_tokens) for _ in range(count)]
+        self._noise_step = 0  # training steps with `sample_ids`: the counter of `CounterNoise`
         self.post_init()
         self.set_frozen()
 
@@ -365,6 +368,13 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         model.set_frozen()  # loading replaces the parameters, and new ones require gradients
         return (model, loading_info) if return_loading_info else model
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, but a path that is an existing file is an error (transformers
+        only logs it and saves nothing)."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_pretrained: {save_directory} is an existing file; give a directory to save the model in")
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     # --- freezing ---------------------------------------------------------------------------------
 
     def set_frozen(self, modules: tuple[str, ...] = (), eval_modules: tuple[str, ...] | None = None) -> None:
@@ -398,6 +408,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         modality_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         modality_names: list[str] | None = None,
+        sample_ids: torch.Tensor | None = None,
         return_dict: bool | None = None,
         **modality_inputs: torch.Tensor,
     ) -> I2MoEOutput | tuple:
@@ -411,6 +422,10 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
                 multi-label, targets `(batch_size,)` or `(batch_size, num_labels)` for regression.
             modality_names (`list[str]`, *optional*): the modality order the inputs were prepared in
                 (the processor returns it); an error if it is not the model's.
+            sample_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*): an id per sample
+                (e.g. its dataset index). In training, the method's noise (I2MoE perturbations,
+                DMIL samples, modality dropout) is then drawn per sample (`noise_i2moe.CounterNoise`),
+                so a run on several processes equals the run on one; without them, from torch's RNG.
             modality_inputs: the towers' inputs, named `{modality}_{tower_input}`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -420,10 +435,11 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         if labels is not None:
             labels = as_tensor_input("labels", labels).to(present.device)
         problem_type = self._problem_type(labels)
+        noise = self._training_noise(sample_ids, present.shape[0])
         if self.training:
-            present = self._drop_modalities(present)
+            present = self._drop_modalities(present, noise)
         tokens, unimodal_tokens = self._encode(routed, present)
-        result = self._predict(tokens, unimodal_tokens, present, labels, problem_type)
+        result = self._predict(tokens, unimodal_tokens, present, labels, problem_type, noise)
         loss = None
         if labels is not None:
             loss = self.task_loss(result.logits, labels)
@@ -509,14 +525,25 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         check_presence(present, routed, self._input_routes, names)
         return present
 
-    def _drop_modalities(self, present: torch.Tensor) -> torch.Tensor:
-        """`config.modality_dropout`: each present modality of each row dropped at its rate (torch's
-        RNG), except that a row never loses all of them: it then keeps one, chosen at random."""
+    def _training_noise(self, sample_ids, batch_size: int) -> CounterNoise | None:
+        """This training step's per-sample noise source, when the batch carries `sample_ids`."""
+        if not self.training or sample_ids is None:
+            return None
+        sample_ids = as_tensor_input("sample_ids", sample_ids)
+        if tuple(sample_ids.shape) != (batch_size,) or sample_ids.is_floating_point():
+            raise ValueError(f"sample_ids: expected integer ids of shape ({batch_size},), got dtype {sample_ids.dtype} "
+                             f"and shape {tuple(sample_ids.shape)}")
+        self._noise_step += 1
+        return CounterNoise(torch.initial_seed(), self._noise_step, sample_ids.to(self.device))
+
+    def _drop_modalities(self, present: torch.Tensor, noise: CounterNoise | None = None) -> torch.Tensor:
+        """`config.modality_dropout`: each present modality of each row dropped at its rate, except
+        that a row never loses all of them: it then keeps one, chosen at random."""
         rates = self.config.modality_dropout_rates()
         if max(rates) == 0.0:
             return present
-        kept = present & (torch.rand(present.shape, device=present.device) >= present.new_tensor(rates, dtype=torch.float))
-        choice = torch.rand(present.shape, device=present.device).masked_fill(~present, -1.0).argmax(1)
+        kept = present & (uniform(noise, present, stream=0) >= present.new_tensor(rates, dtype=torch.float))
+        choice = uniform(noise, present, stream=1).masked_fill(~present, -1.0).argmax(1)
         rescued = F.one_hot(choice, present.shape[1]).bool() & ~kept.any(1, keepdim=True)
         return kept | rescued
 
@@ -536,13 +563,14 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
             dim=1,
         )
 
-    def _predict(self, tokens, unimodal_tokens, present: torch.Tensor, labels, problem_type: str) -> InteractionOutput:
+    def _predict(self, tokens, unimodal_tokens, present: torch.Tensor, labels, problem_type: str,
+                 noise: CounterNoise | None = None) -> InteractionOutput:
         """Tokens -> the interaction part, and with I2M2 heads the product of experts (per
         `config.i2m2.mode`: product, intra-only or inter-only)."""
         mode = self._i2m2_mode()
         inter = None
         if mode != "intra":
-            inter = self.interaction(tokens, present=present, null_tokens=self.null_tokens, labels=labels)
+            inter = self.interaction(tokens, present=present, null_tokens=self.null_tokens, labels=labels, noise=noise)
         if mode == "inter":
             return inter
         unimodal_logits = self.i2m2_heads(unimodal_tokens)

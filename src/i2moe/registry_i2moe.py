@@ -68,7 +68,8 @@ class Registry:
 # Fusion backbones: constructor `(config, layout, num_stacks)`, tokens `(S or 1, N, T, d)` -> logits `(S, N, C)`.
 FUSIONS = Registry("fusion", {"concat": "fusion_i2moe", "transformer": "fusion_i2moe", "lrtf": "fusion_i2moe"})
 # Interaction parts (`config.method`): constructor `(config, layout)`, forward
-# `(tokens (B, T, d), present (B, M), null_tokens (T, d), labels)` -> `InteractionOutput`.
+# `(tokens (B, T, d), present (B, M), null_tokens (T, d), labels, noise)` -> `InteractionOutput`
+# (`noise`: a `noise_i2moe.CounterNoise` or None, for whatever the part draws in training).
 INTERACTIONS = Registry("method", {"vanilla": "fusion_i2moe", "i2moe": "experts_i2moe", "dmil": "dmil_i2moe"})
 # Token poolers (`ModalityConfig.pooling`): `(sequence (B, L, h), mask (B, L) or None, pooler_output) -> (B, h)`.
 POOLERS = Registry("pooling", {"cls": "encoders_i2moe", "mean": "encoders_i2moe", "max": "encoders_i2moe",

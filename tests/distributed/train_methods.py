@@ -15,8 +15,8 @@ a skipped tower leaves any parameter without a gradient.
 The variants (`variants()`): every method of `INTERACTIONS`, each with and without the I2M2
 unimodal heads (shared towers, and once with separate unimodal towers), DMIL in each of its three
 stages as its schedule sets them up (`apply_dmil_stage`, which freezes what a stage does not train),
-and I2MoE with its noise-free `null` perturbation and no interaction loss (so that its runs can be
-compared exactly; see `variants`).
+and I2MoE with its noise-free `null` perturbation and no interaction loss. Every row carries a
+`sample_ids` entry, so the noise of the stochastic methods is the same on one process and two.
 
 Each process writes, per variant, `OUT/{variant}.{tag}.safetensors` (the trained weights) and
 `OUT/{variant}.{tag}.json` (training loss, the modalities its batches lacked entirely, whether the
@@ -58,10 +58,7 @@ def variants() -> dict[str, dict]:
             found[name] = settings
             found[f"{name}+i2m2"] = {**settings, "i2m2_heads": True}
     found["vanilla+i2m2-separate"] = {"method": "vanilla", "i2m2_heads": True, "i2m2_separate_towers": True}
-    # Comparable across process counts: the null-token perturbation draws no noise, and without
-    # the interaction loss, which averages over the (modality, row) pairs present in each
-    # process's batch: DDP then averages per-process means, which weight pairs differently from
-    # one process's mean over the global batch when processes see different missingness.
+    # I2MoE without noise and without its interaction loss: the plainest I2MoE run.
     found["i2moe-null-lambda0"] = {"method": "i2moe", "i2moe_perturbation": "null", "i2moe_lambda_int": 0.0}
     return found
 
@@ -98,7 +95,10 @@ def build_dataset() -> Dataset:
     mask[24:32] = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]]).repeat(2, 1)  # mixed rows
     labels = features["m0_features"][:, :3].argmax(1)
     columns = {key: value.numpy() for key, value in features.items()}
-    return Dataset.from_dict({**columns, "modality_mask": mask.numpy(), "labels": labels.numpy()}).with_format("torch")
+    # `sample_ids`: the methods' training noise is drawn per sample (`CounterNoise`), so it does not
+    # depend on which process a row lands on.
+    return Dataset.from_dict({**columns, "modality_mask": mask.numpy(), "labels": labels.numpy(),
+                              "sample_ids": torch.arange(NUM_ROWS).numpy()}).with_format("torch")
 
 
 def samples_noise_in_training(model: I2MoEForClassification, dataset: Dataset) -> bool:
