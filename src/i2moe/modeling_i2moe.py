@@ -427,6 +427,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         modality_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        modality_names: list[str] | None = None,
         **modality_inputs: torch.Tensor,
     ) -> I2MoEOutput | tuple:
         r"""
@@ -437,9 +438,17 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
             labels (`torch.Tensor`, *optional*): class indices `(batch_size,)` for single-label
                 classification, multi-hot `(batch_size, num_labels)` for multi-label, targets
                 `(batch_size,)` or `(batch_size, num_labels)` for regression.
+            modality_names (`list[str]`, *optional*): the column order of `modality_mask`, as the
+                processor gives it; an error if it differs from `config.modality_names`.
             modality_inputs: the towers' inputs, named `{modality}_{tower_input}`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        # Stand-in for the lead's check (issue 16): the processor now sends its modality order.
+        if modality_names is not None and list(modality_names) != list(self.config.modality_names):
+            raise ValueError(
+                f"modality_names: the processor's modality order {list(modality_names)} differs from the model's "
+                f"{list(self.config.modality_names)}; build the processor with the modalities in config order"
+            )
         routed = self._route_inputs(modality_inputs)
         present = self._presence(modality_mask, routed, _batch_size(routed, modality_mask))
         result = self._predict(routed, present, labels)
