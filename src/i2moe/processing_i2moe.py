@@ -655,7 +655,7 @@ def _mono(array: np.ndarray, row: int) -> np.ndarray:
     if array.ndim != 1:
         raise ValueError(
             f"sample {row}: expected a mono 1-D waveform, got shape {tuple(array.shape)}; for stereo, average the "
-            "channel axis first (e.g. wave.mean(axis=0)) or decode it as mono (datasets.Audio(mono=True))"
+            "channel axis first (e.g. wave.mean(axis=0)) or decode it as mono (datasets.Audio(num_channels=1))"
         )
     if not len(array):
         raise ValueError(f"sample {row}: the waveform is empty")
