@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import BertTokenizer, ViTImageProcessor, Wav2Vec2FeatureExtractor
 
@@ -427,72 +427,98 @@ def test_trainer_with_remove_unused_columns_gets_told_to_turn_it_off(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The property over whole batches: a named error, or the result of the cleaned batch.
 
-GOOD_IMAGE_FORMS = sorted(IMAGE_FORMS)
-GOOD_AUDIO_FORMS = sorted(PCM_FORMS)
-BAD_VALUES = {
-    # modality: (make a refused value from a seed, the message fragment after "sample {row}: ")
-    "image": [(lambda seed: rgb8(seed) / 127.5 - 1.0, "image values range from"),
-              (lambda seed: np.zeros((3, 4, 3), dtype=np.uint8), "is ambiguous"),
-              (lambda seed: np.full((9, 9), np.nan), "NaN or inf")],
-    "text": [(lambda seed: INVISIBLE[seed % len(INVISIBLE)] * (1 + seed % 3), "the text is empty")],
-    "audio": [(lambda seed: np.stack([int16_wave(seed)] * 2), "expected a mono 1-D waveform"),
-              (lambda seed: int16_wave(seed).astype(np.float32), "float audio must lie in [-1, 1]")],
-    "tab": [(lambda seed: [1.0, float("inf")], "is not finite"), (lambda seed: [1.0], "expected shape [2]")],
-}
+def drawn_image(draw, seed: int) -> tuple:
+    """(an image in one of the accepted forms, the same image as a clean PIL image)."""
+    image = rgb8(seed, draw(st.integers(5, 20)), draw(st.integers(5, 20)))
+    kind = draw(st.sampled_from(["rgb", "grey", "exif"]))
+    if kind == "grey":
+        form = draw(st.sampled_from(sorted(GREY_FORMS)))
+        return GREY_FORMS[form](image[..., 0]), PIL.Image.fromarray(image[..., 0], "L")
+    if kind == "exif":
+        orientation = draw(st.sampled_from(sorted(EXIF_ORIENTATION)))
+        stored = PIL.Image.fromarray(image)
+        return with_orientation(stored, orientation), stored.transpose(EXIF_ORIENTATION[orientation])
+    return IMAGE_FORMS[draw(st.sampled_from(sorted(IMAGE_FORMS)))](image), PIL.Image.fromarray(image)
+
+
+def drawn_value(draw, name: str, seed: int) -> tuple:
+    """(a value of modality `name` in one of its accepted forms, the same value cleaned)."""
+    if name == "image":
+        return drawn_image(draw, seed)
+    if name == "audio":
+        given_value, floats = PCM_FORMS[draw(st.sampled_from(sorted(PCM_FORMS)))](int16_wave(seed, draw(st.integers(1, 600))))
+        return given_value, np.asarray(floats, dtype=np.float32)
+    if name == "text":
+        text = " ".join(draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=12)))
+        return draw(st.sampled_from(["", "\u200b", "\ufeff"])) + text, text  # invisible prefix: same tokens
+    row = [float(seed), seed / 7.0]
+    return draw(st.sampled_from([row, np.array(row), torch.tensor(row, dtype=torch.float64)])), row
 
 
 @st.composite
-def drawn_sample(draw) -> tuple[dict, dict, list]:
-    """(the sample as given, the same sample cleaned, [(modality, message) for each refused value])."""
-    given_sample, cleaned, refused = {}, {}, []
-    while all(value is None for value in given_sample.values()):  # a sample needs some modality
-        given_sample, cleaned = {}, {}
+def drawn_batch(draw) -> tuple[list[dict], list[dict]]:
+    """(samples as given, the same samples cleaned): each modality of each sample present in an
+    accepted form, None or absent; every sample has some modality."""
+    given, cleaned = [], []
+    for _ in range(draw(st.integers(1, 4))):
+        present = draw(st.lists(st.sampled_from(PROCESSOR.modality_names), min_size=1, unique=True))
+        given_sample, cleaned_sample = {}, {}
         for name in PROCESSOR.modality_names:
-            if not draw(st.booleans()):
-                continue  # absent: either no key or None
-            if draw(st.booleans()):
-                given_sample[name] = cleaned[name] = None
-                continue
-            seed = draw(st.integers(0, 2**16))
-            if draw(st.integers(0, 9)) == 0:  # one value in ten is refused
-                make, message = draw(st.sampled_from(BAD_VALUES[name]))
-                given_sample[name] = cleaned[name] = make(seed)
-                refused.append((name, message))
-            elif name == "image":
-                image = rgb8(seed, draw(st.integers(5, 20)), draw(st.integers(5, 20)))
-                given_sample[name], cleaned[name] = IMAGE_FORMS[draw(st.sampled_from(GOOD_IMAGE_FORMS))](image), PIL.Image.fromarray(image)
-            elif name == "audio":
-                wave = int16_wave(seed, draw(st.integers(1, 600)))
-                given_sample[name], floats = PCM_FORMS[draw(st.sampled_from(GOOD_AUDIO_FORMS))](wave)
-                cleaned[name] = np.asarray(floats, dtype=np.float32)
-            elif name == "text":
-                words = draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=12))
-                cleaned[name] = " ".join(words)
-                given_sample[name] = draw(st.sampled_from(["", "\u200b", "\ufeff"])) + cleaned[name]  # invisible prefix
-            else:
-                row = [float(seed), seed / 7.0]
-                given_sample[name], cleaned[name] = draw(st.sampled_from([row, np.array(row), torch.tensor(row, dtype=torch.float64)])), row
-    return given_sample, cleaned, refused
+            if name in present:
+                given_sample[name], cleaned_sample[name] = drawn_value(draw, name, draw(st.integers(0, 2**16)))
+            elif draw(st.booleans()):
+                given_sample[name] = cleaned_sample[name] = None  # missing as None rather than as no key
+        given.append(given_sample)
+        cleaned.append(cleaned_sample)
+    return given, cleaned
 
 
-@settings(PROPERTY_SETTINGS, max_examples=200)
-@given(st.lists(drawn_sample(), min_size=1, max_size=4), st.booleans())
-def test_a_batch_gives_a_named_error_or_the_result_of_its_cleaned_form(drawn, with_labels):
-    samples = [given_sample for given_sample, _, _ in drawn]
+@settings(PROPERTY_SETTINGS, max_examples=150)
+@given(drawn_batch(), st.booleans())
+def test_a_batch_of_accepted_forms_gives_the_result_of_its_cleaned_form(drawn, with_labels):
+    samples, cleaned = drawn
     labels = list(range(len(samples))) if with_labels else None
-    refused = [(PROCESSOR.modality_names.index(name), row, name, message)
-               for row, (_, _, bad) in enumerate(drawn) for name, message in bad]
-    event("refused" if refused else "accepted")
-    if refused:  # modalities are encoded in processor order, samples in row order
-        _, row, name, message = min(refused)
-        with pytest.raises((ValueError, TypeError)) as caught:
-            PROCESSOR(samples, labels=labels)
-        assert re.match(rf"modality {name!r}: sample {row}[:,] ", str(caught.value)) and message in str(caught.value)
-        return
     batch = PROCESSOR(samples, labels=labels)
-    expected = PROCESSOR([cleaned for _, cleaned, _ in drawn], labels=labels)
+    expected = PROCESSOR(cleaned, labels=labels)
     assert set(batch) == set(expected) and batch["modality_names"] == PROCESSOR.modality_names
     for key, value in expected.items():
         if isinstance(value, torch.Tensor):
             tolerance = ONE_LEVEL if key == "image_pixel_values" else 0  # half-precision images: within one level
             torch.testing.assert_close(batch[key], value, rtol=0, atol=tolerance)
+
+
+REFUSED_VALUES = {
+    # (modality, make a refused value from a seed, the message fragment after "sample {row}: ")
+    ("image", lambda seed: rgb8(seed) / 127.5 - 1.0, "image values range from"),
+    ("image", lambda seed: np.zeros((3, 4, 3), dtype=np.uint8), "is ambiguous"),
+    ("image", lambda seed: np.full((9, 9), np.nan), "NaN or inf"),
+    ("image", lambda seed: np.zeros((9, 9, 2), dtype=np.uint8), "expected an image array of shape"),
+    ("text", lambda seed: INVISIBLE[seed % len(INVISIBLE)] * (1 + seed % 3), "the text is empty"),
+    ("text", lambda seed: b"red", "expected a str"),
+    ("audio", lambda seed: np.stack([int16_wave(seed)] * 2), "expected a mono 1-D waveform"),
+    ("audio", lambda seed: int16_wave(seed).astype(np.float32), "float audio must lie in [-1, 1]"),
+    ("audio", lambda seed: int16_wave(seed).astype(np.int64), "has no known sample format"),
+    ("tab", lambda seed: [1.0, float("inf")], "is not finite"),
+    ("tab", lambda seed: [1.0], "expected shape [2]"),
+}
+
+
+@settings(PROPERTY_SETTINGS, max_examples=100)
+@given(drawn_batch(), st.lists(st.tuples(st.integers(0, 3), st.sampled_from(sorted(REFUSED_VALUES, key=str))),
+                               min_size=1, max_size=3), st.integers(0, 2**16))
+def test_a_batch_with_refused_values_names_the_first_one(drawn, placed, seed):
+    """Modalities are encoded in the processor's order: the error names the first modality with a
+    refused value, and one of its refused samples with what was wrong with it."""
+    samples = [dict(sample) for sample in drawn[0]]
+    refused = {}
+    for row, (name, make, message) in placed:
+        row = row % len(samples)
+        samples[row][name] = make(seed)
+        refused[(PROCESSOR.modality_names.index(name), row)] = (name, message)
+    first = min(column for column, _ in refused)
+    with pytest.raises((ValueError, TypeError)) as caught:
+        PROCESSOR(samples)
+    named = re.match(r"modality '(\w+)': sample (\d+)[:,] ", str(caught.value))
+    assert named, str(caught.value)
+    name, message = refused.get((first, int(named[2])), (None, None))
+    assert named[1] == name and message in str(caught.value), (str(caught.value), refused)
