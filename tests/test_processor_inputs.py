@@ -394,9 +394,10 @@ def test_labels_as_lists_arrays_and_tensors_give_one_tensor():
         (lambda p: p(text=["red", float("nan")]), ValueError,
          r"modality 'text': sample\(s\) \[1\] are NaN; mark a missing modality with None"),
         (lambda p: p([{"labels": 0}, {"labels": 1}]), ValueError, r"remove_unused_columns=False"),
+        (lambda p: p(tab=[np.array([1j, 2.0])]), TypeError, r"modality 'tab': sample 0: expected numbers .*complex dtype complex128"),
     ],
     ids=["None label", "NaN label", "ragged multi-hot", "scalar labels", "0-d tensor labels", "labels of another length",
-         "label column", "pandas NaN as missing", "only labels (Trainer column filter)"],
+         "label column", "pandas NaN as missing", "only labels (Trainer column filter)", "complex features"],
 )
 def test_batch_level_errors_name_the_field(call, error, match):
     with pytest.raises(error, match=match):
