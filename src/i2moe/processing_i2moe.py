@@ -157,14 +157,20 @@ class I2MoEProcessor(ProcessorMixin):
     Calling it: `processor(samples)` with a list of dicts `{modality: value}` (a missing key or
     `None` is a missing modality; a `labels` key is passed through), or `processor(image=[...],
     text=[...], labels=[...])` with one equally long list per modality (`None` entries are missing).
-    Values: text `str`; image a PIL image (converted to RGB), an array / tensor, encoded bytes, a
-    `{"bytes": ..., "path": ...}` dict (a `datasets.Image(decode=False)` value) or a file path;
-    audio a 1-D waveform (array, tensor or a `datasets.Audio` dict with `array` and
-    `sampling_rate`, at the feature extractor's sampling rate); features a number array.
+    Values: text `str` (one with no visible character counts as empty: an error); image a PIL image
+    of any mode, an array / tensor (HWC or CHW; uint8, uint16, or float in [0, 1] or [0, 255]),
+    encoded bytes, a `{"bytes": ..., "path": ...}` dict (a `datasets.Image(decode=False)` value) or
+    a file path, made 8-bit RGB with EXIF orientation applied and alpha composited over white;
+    audio a mono waveform (int8 / int16 / int32 / uint8 PCM or float in [-1, 1]; array, tensor, a
+    `datasets.Audio` dict or a torchcodec `AudioDecoder`) at the feature extractor's sampling rate
+    (state a bare array's rate with `sampling_rate=`), made float in [-1, 1]; features a number
+    array. docs/processor.md lists every conversion; anything else is an error naming the
+    modality and the sample.
 
-    Returns a `BatchFeature` of torch tensors: `{modality}_{tower_input}` for every modality present
-    in at least one sample (placeholder rows where it is missing), `modality_mask` `(batch,
-    modalities)` with 1 where present, and `labels` when given.
+    Returns a `BatchFeature`: `{modality}_{tower_input}` tensors for every modality present in at
+    least one sample (placeholder rows where it is missing), `modality_mask` `(batch, modalities)`
+    with 1 where present, `modality_names` (the column order of `modality_mask`, checked by the
+    model) and `labels` when given.
 
     Example:
 
