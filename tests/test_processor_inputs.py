@@ -404,6 +404,22 @@ def test_batch_level_errors_name_the_field(call, error, match):
         call(PROCESSOR)
 
 
+def test_tensors_numpy_cannot_hold_are_accepted():
+    """bfloat16 tensors and tensors that require grad (numpy holds neither) as features or labels."""
+    odd = torch.tensor([1.5, -2.0], dtype=torch.bfloat16, requires_grad=True)
+    batch = PROCESSOR(tab=[odd], labels=odd[:1])
+    assert batch["tab_features"].tolist() == [[1.5, -2.0]] and batch["labels"].tolist() == [1.5]
+
+
+def test_processor_construction_refuses_a_modality_named_labels_and_a_tokenizer_without_pad_token():
+    with pytest.raises(ValueError, match="modality names must be Python identifiers other than 'labels', got 'labels'"):
+        I2MoEProcessor({"labels": I2MoEFeatureNormalizer(feature_shape=[2])})
+    tokenizer = make_tokenizer()
+    tokenizer.pad_token = None
+    with pytest.raises(ValueError, match=r"modality 'text': the tokenizer has no pad token.*tokenizer.pad_token = tokenizer.eos_token"):
+        I2MoEProcessor({"text": tokenizer})
+
+
 def test_trainer_with_remove_unused_columns_gets_told_to_turn_it_off(tmp_path):
     """The Trainer drops the raw modality columns (not `forward` arguments) before the collator."""
     from datasets import Dataset

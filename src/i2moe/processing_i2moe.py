@@ -113,7 +113,7 @@ class I2MoEFeatureNormalizer(FeatureExtractionMixin):
         arrays = []
         for index, value in zip(sample_indices, values):
             try:
-                array = np.asarray(value.numpy() if isinstance(value, torch.Tensor) else value)
+                array = _as_numpy(value)
                 if array.dtype.kind == "c":  # the cast below would drop the imaginary part with only a warning
                     raise TypeError(f"complex dtype {array.dtype}")
                 array = array.astype(np.float32)
@@ -197,9 +197,15 @@ class I2MoEProcessor(ProcessorMixin):
         self.processors = dict(processors)
         self.kinds = {}
         for name, processor in self.processors.items():
-            if not isinstance(name, str) or not name.isidentifier():
-                raise ValueError(f"I2MoEProcessor: modality names must be Python identifiers, got {name!r}")
+            if not isinstance(name, str) or not name.isidentifier() or name == "labels":
+                raise ValueError(f"I2MoEProcessor: modality names must be Python identifiers other than 'labels', got {name!r}")
             self.kinds[name] = _kind_of(name, processor)
+            if self.kinds[name] == "text" and processor.pad_token is None:
+                # Without it, batches of texts of different lengths fail and single texts do not.
+                raise ValueError(
+                    f"I2MoEProcessor: modality {name!r}: the tokenizer has no pad token, which batches need; set one, "
+                    "e.g. tokenizer.pad_token = tokenizer.eos_token"
+                )
         if text_max_length is not None and (
             isinstance(text_max_length, bool) or not isinstance(text_max_length, numbers.Integral) or text_max_length < 1
         ):
@@ -453,7 +459,7 @@ def _kind_of(name: str, processor) -> str:
 def _labels_tensor(labels) -> torch.Tensor:
     """`labels` (a list, array or tensor with one entry per sample) as one tensor."""
     if isinstance(labels, torch.Tensor):
-        labels = labels.numpy()
+        labels = _as_numpy(labels)
     unlabelled = [row for row, label in enumerate(labels) if label is None or _is_nan_scalar(label)]
     if unlabelled:
         raise ValueError(
