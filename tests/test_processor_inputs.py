@@ -19,6 +19,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from transformers import BertTokenizer, ViTImageProcessor, Wav2Vec2FeatureExtractor
 
 from i2moe import I2MoEProcessor
@@ -539,3 +540,22 @@ def test_a_batch_with_refused_values_names_the_first_one(drawn, placed, seed):
     assert named, str(caught.value)
     name, message = refused.get((first, int(named[2])), (None, None))
     assert named[1] == name and message in str(caught.value), (str(caught.value), refused)
+
+
+ARRAY_DTYPES = ["uint8", "uint16", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "bool", "complex64"]
+
+
+@settings(PROPERTY_SETTINGS, max_examples=150)
+@given(hnp.arrays(st.sampled_from(ARRAY_DTYPES), hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6)),
+       st.sampled_from(["image", "audio", "tab"]), st.booleans())
+def test_any_array_gives_a_named_error_or_a_result(array, name, as_tensor):
+    """Whatever the dtype, shape and values (NaN, inf, huge, negative), an array is converted or
+    refused with a short error naming the modality and the sample: never an error from inside
+    numpy, PIL, torch or the sub-processor."""
+    value = torch.from_numpy(array) if as_tensor and array.dtype.name not in ("uint16",) else array
+    try:
+        batch = PROCESSOR(**{name: [value]})
+    except (ValueError, TypeError) as error:
+        assert str(error).startswith(f"modality {name!r}: sample 0") and len(str(error)) < 400, str(error)
+        return
+    assert batch["modality_mask"].tolist() == [[int(column == name) for column in PROCESSOR.modality_names]]
