@@ -91,11 +91,39 @@ def test_missing_data_names_the_public_sources(tmp_path):
         load_avmnist(tmp_path, cache_dir=tmp_path / "cache")
 
 
-def test_bad_arguments_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match="noise"):
-        load_avmnist(tmp_path, noise="brown")
-    with pytest.raises(ValueError, match="max_train_samples"):
-        load_avmnist(tmp_path, max_train_samples=0)
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        ({"noise": "brown"}, "`noise` must be 'white' or 'pink', got 'brown'"),
+        ({"max_train_samples": 0}, "`max_train_samples` must be an int >= 1 or None, got 0"),
+        ({"max_eval_samples": 2.5}, "`max_eval_samples` must be an int >= 1 or None, got 2.5"),
+        ({"seed": "0"}, "`seed` must be an int >= 0, got '0'"),
+        ({"seed": -1}, "`seed` must be an int >= 0, got -1"),
+        ({"num_validation": True}, "`num_validation` must be an int >= 1, got True"),
+        ({"num_validation": 60000}, "`num_validation` must be below MNIST's 60000 training images"),
+        ({"snr_db": float("nan")}, "`snr_db` must be a finite number, got nan"),
+        ({"snr_db": "-10"}, "`snr_db` must be a finite number, got '-10'"),
+        ({"image_energy_removed": 1.0}, r"`image_energy_removed` must be a finite number in \[0, 1\), got 1.0"),
+    ],
+    ids=lambda value: str(value) if isinstance(value, dict) else "",
+)
+def test_bad_arguments_are_rejected_naming_the_argument(tmp_path, arguments, match):
+    with pytest.raises(ValueError, match=r"load_avmnist: " + match):
+        load_avmnist(tmp_path, **arguments)
+
+
+def test_unusable_folders_and_files_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"`cache_dir` '.*not-a-folder' is a file"):
+        (tmp_path / "not-a-folder").write_text("")
+        load_avmnist(tmp_path, cache_dir=tmp_path / "not-a-folder")
+    with pytest.raises(NotADirectoryError, match=r"the data folder .*not-a-folder is a file"):
+        load_avmnist(tmp_path / "not-a-folder", cache_dir=tmp_path / "cache")
+    (tmp_path / "mnist").mkdir()
+    np.savez(tmp_path / "mnist" / "mnist.npz", x_train=np.zeros((1, 28, 28), dtype=np.uint8))
+    (tmp_path / "fsdd" / "recordings").mkdir(parents=True)
+    (tmp_path / "fsdd" / "recordings" / "0_george_0.wav").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"mnist.npz lacks the arrays \['x_test', 'y_test', 'y_train'\].*yann\.lecun\.com"):
+        load_avmnist(tmp_path, cache_dir=tmp_path / "cache")
 
 
 def test_mel_filterbank_and_spectrogram_shape():

@@ -83,6 +83,42 @@ def test_errors_name_the_problem(tmp_path, monkeypatch):
         load_fashion_products(SHARED_DATA, tabular_columns=["price"], cache_dir=tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "error", "match"),
+    [
+        ({"seed": "0"}, ValueError, "`seed` must be an int >= 0, got '0'"),
+        ({"seed": 1.5}, ValueError, "`seed` must be an int >= 0, got 1.5"),
+        ({"min_count": 0}, ValueError, "`min_count` must be an int >= 1, got 0"),
+        ({"val_fraction": float("nan")}, ValueError, r"`val_fraction` must be a finite number in \(0, 0.5\), got nan"),
+        ({"test_fraction": 0.0}, ValueError, r"`test_fraction` must be a finite number in \(0, 0.5\), got 0.0"),
+        ({"val_fraction": "0.1"}, ValueError, "`val_fraction` must be a finite number"),
+        ({"tabular_columns": None}, TypeError, "`tabular_columns` must be a list of column names, got None"),
+        ({"tabular_columns": ["year", "year"]}, ValueError, r"`tabular_columns` names \['year'\] more than once"),
+        ({"rare_classes": "merge"}, ValueError, "`rare_classes` must be 'other' or 'drop'"),
+    ],
+    ids=lambda value: str(value) if isinstance(value, dict) else "",
+)
+def test_bad_arguments_are_rejected_before_any_data_is_read(tmp_path, arguments, error, match):
+    with pytest.raises(error, match=r"load_fashion_products: " + match):
+        load_fashion_products(tmp_path / "nowhere", cache_dir=tmp_path, **arguments)
+
+
+def test_unusable_data_is_named_with_its_source(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"`cache_dir` '.*file' is a file"):
+        load_fashion_products(tmp_path, cache_dir=tmp_path / "file")
+    (tmp_path / "fashion-products").mkdir()
+    (tmp_path / "fashion-products" / "products.csv").write_text("id,productDisplayName,articleType\n1,Red shirt,Shirts\n")
+    with pytest.raises(ValueError, match=r"products.csv lacks the columns \['baseColour', .*kaggle.com"):
+        load_fashion_products(tmp_path, cache_dir=tmp_path / "cache")
+
+
+@_needs_data
+def test_min_count_that_leaves_fewer_than_two_classes_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"`min_count`=5000 leaves 1 class\(es\) of 'articleType' \(its largest class has 1647"):
+        load_fashion_products(SHARED_DATA, min_count=5000, cache_dir=tmp_path)  # every class merged into "other"
+
+
 def _run_classification_module():
     import importlib.util
     from pathlib import Path

@@ -308,6 +308,9 @@ def _synthetic_summary(task, steps, lr, perturbation, seed=0):
 def test_synthetic_tasks_name_the_known_ones_on_a_typo():
     with pytest.raises(ValueError, match=r"\['synergy', 'uniqueness'\], got 'xor'"):
         train_synthetic("xor", steps=1, lr=1e-3)
+    for batch_size in (0, 2.5):  # an empty or fractional batch is named, not a torch error
+        with pytest.raises(ValueError, match=rf"synthetic_batch: `size` must be an int >= 1, got {batch_size}"):
+            train_synthetic("synergy", steps=1, lr=1e-3, batch_size=batch_size)
 
 
 def test_label_from_one_modality_favours_its_uniqueness_expert():

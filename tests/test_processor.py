@@ -47,6 +47,14 @@ def make_sample(index: int, present=(True, True, True)) -> dict:
     return sample
 
 
+def same_batch(batch, expected) -> bool:
+    """Same keys, equal tensors, equal `modality_names`."""
+    return set(batch) == set(expected) and all(
+        torch.equal(batch[key], expected[key]) if isinstance(expected[key], torch.Tensor) else batch[key] == expected[key]
+        for key in expected
+    )
+
+
 def make_model(processor: I2MoEProcessor) -> I2MoEForClassification:
     config = I2MoEConfig(
         modalities=[
@@ -68,7 +76,8 @@ def test_output_holds_model_inputs_placeholders_and_mask():
     assert batch["image_pixel_values"].shape == (3, 3, 16, 16)
     assert (batch["image_pixel_values"][1] == 0).all()  # placeholder row
     assert set(batch) == {"image_pixel_values", "text_input_ids", "text_token_type_ids", "text_attention_mask",
-                          "tabular_features", "modality_mask"}
+                          "tabular_features", "modality_mask", "modality_names"}
+    assert batch["modality_names"] == MODALITIES
     assert batch["text_attention_mask"][2].sum() == 0 and (batch["text_input_ids"][2] == 0).all()
     assert (batch["tabular_features"][2] == 0).all()
     # Standardised with the fitted statistics: year 2011 is 0.5 std below the mean 2012.
@@ -82,7 +91,7 @@ def test_modality_missing_from_the_whole_batch_has_no_keys_and_keyword_calls_mat
     assert not any(key.startswith("image_") for key in batch)
     assert batch["labels"].tolist() == [2, 0]
     keyword = processor(text=[samples[0]["text"], None], tabular=[s["tabular"] for s in samples], labels=[2, 0])
-    assert set(keyword) == set(batch) and all(torch.equal(keyword[key], batch[key]) for key in batch)
+    assert same_batch(keyword, batch)
 
 
 def test_labels_inside_samples_are_passed_through():
@@ -203,7 +212,7 @@ def test_save_and_load_round_trip_with_auto_processor(tmp_path):
     for loaded in (I2MoEProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
         assert type(loaded) is I2MoEProcessor and loaded.modality_names == MODALITIES and loaded.text_max_length == 12
         batch = loaded(samples)
-        assert set(batch) == set(expected) and all(torch.equal(batch[key], expected[key]) for key in batch)
+        assert same_batch(batch, expected)
 
 
 def test_remote_code_loads_without_the_package(tmp_path):
@@ -227,7 +236,8 @@ def test_remote_code_loads_without_the_package(tmp_path):
                            {{"text": text1, "tabular": [2011.0, 1.0]}}])
         expected = torch.load({str(tmp_path / "expected.pt")!r})
         assert set(batch) == set(expected), (set(batch), set(expected))
-        assert all(torch.equal(batch[key], expected[key]) for key in batch)
+        assert all(torch.equal(batch[key], expected[key]) if torch.is_tensor(expected[key])
+                   else batch[key] == expected[key] for key in batch)
         print("ok", type(processor).__name__)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from transformers.audio_utils import mel_filter_bank
 
-from .data_utils import resolve_data_dir
+from .data_utils import check_cache_dir, check_int, check_number, resolve_data_dir
 
 
 MNIST_FILE = "mnist/mnist.npz"
@@ -123,9 +123,9 @@ def load_avmnist(
     """
     import datasets
 
-    recipe = AVMNISTRecipe(seed=seed, num_validation=num_validation, image_energy_removed=image_energy_removed,
+    _validate(seed, num_validation, image_energy_removed, noise, snr_db, max_train_samples, max_eval_samples, cache_dir)
+    recipe = AVMNISTRecipe(seed=int(seed), num_validation=int(num_validation), image_energy_removed=float(image_energy_removed),
                            noise=noise, snr_db=float(snr_db))
-    _validate(recipe, max_train_samples, max_eval_samples)
     root = resolve_data_dir(data_dir, MNIST_FILE, SOURCES)
     if not (root / FSDD_FOLDER).is_dir() or not any((root / FSDD_FOLDER).glob("*.wav")):
         raise FileNotFoundError(
@@ -151,6 +151,9 @@ def build_avmnist_arrays(
 ) -> dict[str, dict[str, np.ndarray]]:
     """The three splits as numpy arrays (before saving): `{split: {column: array}}`."""
     with np.load(root / MNIST_FILE) as mnist:
+        missing = sorted({"x_train", "y_train", "x_test", "y_test"} - set(mnist.files))
+        if missing:
+            raise ValueError(f"{root / MNIST_FILE} lacks the arrays {missing} (it has {sorted(mnist.files)}); get the MNIST npz from {SOURCES}")
         x_train, y_train, x_test, y_test = (mnist[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     # MNIST rows are sorted by label: a seeded shuffle before splitting off validation.
     order = np.random.default_rng(np.random.SeedSequence([recipe.seed, 101])).permutation(len(x_train))
@@ -359,16 +362,20 @@ def _rows(columns: dict[str, np.ndarray]):
         yield {name: values[index] for name, values in columns.items()}
 
 
-def _validate(recipe: AVMNISTRecipe, max_train_samples, max_eval_samples) -> None:
-    if recipe.noise not in ("white", "pink"):
-        raise ValueError(f"load_avmnist: `noise` must be 'white' or 'pink', got {recipe.noise!r}")
-    if not 0.0 <= recipe.image_energy_removed < 1.0:
-        raise ValueError(f"load_avmnist: `image_energy_removed` must be in [0, 1), got {recipe.image_energy_removed!r}")
-    if not 0 < recipe.num_validation < 60000:
-        raise ValueError(f"load_avmnist: `num_validation` must be in (0, 60000), got {recipe.num_validation!r}")
-    for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise ValueError(f"load_avmnist: `{name}` must be a positive int or None, got {value!r}")
+def _validate(seed, num_validation, image_energy_removed, noise, snr_db, max_train_samples, max_eval_samples,
+              cache_dir) -> None:
+    where = "load_avmnist"
+    check_int(where, "seed", seed, 0)
+    check_int(where, "num_validation", num_validation, 1)
+    if num_validation >= 60000:
+        raise ValueError(f"{where}: `num_validation` must be below MNIST's 60000 training images, got {num_validation!r}")
+    check_number(where, "image_energy_removed", image_energy_removed, 0.0, 1.0, "[0, 1)")
+    check_number(where, "snr_db", snr_db)
+    if noise not in ("white", "pink"):
+        raise ValueError(f"{where}: `noise` must be 'white' or 'pink', got {noise!r}")
+    check_int(where, "max_train_samples", max_train_samples, 1, optional=True)
+    check_int(where, "max_eval_samples", max_eval_samples, 1, optional=True)
+    check_cache_dir(where, cache_dir)
 
 
 __all__ = ["AVMNISTRecipe", "LogMelSpectrogram", "build_avmnist_arrays", "load_avmnist", "mel_filterbank"]

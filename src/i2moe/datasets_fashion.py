@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Image, Sequence, Value, load_from_disk
 
-from .data_utils import resolve_data_dir
+from .data_utils import check_cache_dir, check_int, check_number, resolve_data_dir
 
 
 FASHION_SUBDIR = "fashion-products"
@@ -91,13 +91,14 @@ def load_fashion_products(
     ('Puma Men Black Sports Shoes', 40)
     ```
     """
-    _check_arguments(target, min_count, rare_classes, val_fraction, test_fraction, tabular_columns)
+    _check_arguments(target, seed, min_count, rare_classes, val_fraction, test_fraction, tabular_columns)
+    check_cache_dir("load_fashion_products", cache_dir)
     root = resolve_data_dir(data_dir, f"{FASHION_SUBDIR}/products.csv", FASHION_SOURCE) / FASHION_SUBDIR
     csv_path = root / "products.csv"
     settings = {
         "version": _BUILDER_VERSION, "root": str(root.resolve()), "csv_size": csv_path.stat().st_size,
-        "csv_mtime": csv_path.stat().st_mtime_ns, "target": target, "seed": seed, "min_count": min_count,
-        "rare_classes": rare_classes, "val_fraction": val_fraction, "test_fraction": test_fraction,
+        "csv_mtime": csv_path.stat().st_mtime_ns, "target": target, "seed": int(seed), "min_count": int(min_count),
+        "rare_classes": rare_classes, "val_fraction": float(val_fraction), "test_fraction": float(test_fraction),
         "tabular_columns": list(tabular_columns),
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -114,18 +115,23 @@ def fashion_tabular_feature_names(split: Dataset) -> list[str]:
     return json.loads(split.info.description or "{}").get("tabular_feature_names", [])
 
 
-def _check_arguments(target, min_count, rare_classes, val_fraction, test_fraction, tabular_columns) -> None:
+def _check_arguments(target, seed, min_count, rare_classes, val_fraction, test_fraction, tabular_columns) -> None:
+    where = "load_fashion_products"
     if target not in CATEGORICAL_COLUMNS:
-        raise ValueError(f"load_fashion_products: `target` must be one of {CATEGORICAL_COLUMNS}, got {target!r}")
-    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
-        raise ValueError(f"load_fashion_products: `min_count` must be an int >= 1, got {min_count!r}")
+        raise ValueError(f"{where}: `target` must be one of {CATEGORICAL_COLUMNS}, got {target!r}")
+    check_int(where, "seed", seed, 0)
+    check_int(where, "min_count", min_count, 1)
     if rare_classes not in ("other", "drop"):
-        raise ValueError(f"load_fashion_products: `rare_classes` must be 'other' or 'drop', got {rare_classes!r}")
+        raise ValueError(f"{where}: `rare_classes` must be 'other' or 'drop', got {rare_classes!r}")
     for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 < fraction < 0.5:
-            raise ValueError(f"load_fashion_products: `{name}` must be in (0, 0.5), got {fraction!r}")
-    if isinstance(tabular_columns, str):
-        raise TypeError(f"load_fashion_products: `tabular_columns` must be a list of names, got the string {tabular_columns!r}")
+        check_number(where, name, fraction, 0.0, 0.5, "(0, 0.5)")
+        if fraction == 0.0:
+            raise ValueError(f"{where}: `{name}` must be a finite number in (0, 0.5), got {fraction!r}")
+    if isinstance(tabular_columns, str) or not isinstance(tabular_columns, (list, tuple)):
+        raise TypeError(f"{where}: `tabular_columns` must be a list of column names, got {tabular_columns!r}")
+    repeated = sorted({column for column in tabular_columns if list(tabular_columns).count(column) > 1})
+    if repeated:
+        raise ValueError(f"{where}: `tabular_columns` names {repeated} more than once")
     unknown = sorted(set(tabular_columns) - set(CATEGORICAL_COLUMNS) - set(NUMERIC_COLUMNS))
     if unknown:
         raise ValueError(
@@ -138,7 +144,11 @@ def _check_arguments(target, min_count, rare_classes, val_fraction, test_fractio
 
 def _build(root: Path, csv_path: Path, settings: dict) -> DatasetDict:
     with open(csv_path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        missing_columns = sorted({"id", "productDisplayName", *CATEGORICAL_COLUMNS, *NUMERIC_COLUMNS} - set(reader.fieldnames or []))
+        if missing_columns:
+            raise ValueError(f"{csv_path} lacks the columns {missing_columns}; get the complete data from {FASHION_SOURCE}")
+        rows = list(reader)
     missing = [row["id"] for row in rows if not (root / "images" / f"{row['id']}.jpg").exists()]
     if missing:
         raise FileNotFoundError(
@@ -157,6 +167,11 @@ def _build(root: Path, csv_path: Path, settings: dict) -> DatasetDict:
     names = sorted({name for name in class_of.values() if name != RARE_CLASS_NAME})
     if RARE_CLASS_NAME in class_of.values():
         names.append(RARE_CLASS_NAME)
+    if len(names) < 2:
+        raise ValueError(
+            f"load_fashion_products: `min_count`={settings['min_count']} leaves {len(names)} class(es) of {target!r} "
+            f"(its largest class has {max(counts.values())} products); lower `min_count`"
+        )
     split_of = _stratified_split(rows, class_of, settings)
     splits = {name: [row for row in rows if split_of[row["id"]] == name] for name in ("train", "validation", "test")}
     encoder = _TabularEncoder(settings["tabular_columns"], splits["train"])

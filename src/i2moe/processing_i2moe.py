@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
 import os
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer, BatchFeature
 from transformers.dynamic_module_utils import custom_object_save
@@ -110,7 +113,10 @@ class I2MoEFeatureNormalizer(FeatureExtractionMixin):
         arrays = []
         for index, value in zip(sample_indices, values):
             try:
-                array = np.asarray(value.numpy() if isinstance(value, torch.Tensor) else value, dtype=np.float32)
+                array = _as_numpy(value)
+                if array.dtype.kind == "c":  # the cast below would drop the imaginary part with only a warning
+                    raise TypeError(f"complex dtype {array.dtype}")
+                array = array.astype(np.float32)
             except (TypeError, ValueError) as error:
                 raise TypeError(f"sample {index}: expected numbers of shape {self.feature_shape}, got {type(value).__name__} ({error})") from None
             if list(array.shape) != self.feature_shape:
@@ -151,14 +157,20 @@ class I2MoEProcessor(ProcessorMixin):
     Calling it: `processor(samples)` with a list of dicts `{modality: value}` (a missing key or
     `None` is a missing modality; a `labels` key is passed through), or `processor(image=[...],
     text=[...], labels=[...])` with one equally long list per modality (`None` entries are missing).
-    Values: text `str`; image a PIL image (converted to RGB), an array / tensor, encoded bytes, a
-    `{"bytes": ..., "path": ...}` dict (a `datasets.Image(decode=False)` value) or a file path;
-    audio a 1-D waveform (array, tensor or a `datasets.Audio` dict with `array` and
-    `sampling_rate`, at the feature extractor's sampling rate); features a number array.
+    Values: text `str` (one with no visible character counts as empty: an error); image a PIL image
+    of any mode, an array / tensor (HWC or CHW; uint8, uint16, or float in [0, 1] or [0, 255]),
+    encoded bytes, a `{"bytes": ..., "path": ...}` dict (a `datasets.Image(decode=False)` value) or
+    a file path, made 8-bit RGB with EXIF orientation applied and alpha composited over white;
+    audio a mono waveform (int8 / int16 / int32 / uint8 PCM or float in [-1, 1]; array, tensor, a
+    `datasets.Audio` dict or a torchcodec `AudioDecoder`) at the feature extractor's sampling rate
+    (state a bare array's rate with `sampling_rate=`), made float in [-1, 1]; features a number
+    array. docs/processor.md lists every conversion; anything else is an error naming the
+    modality and the sample.
 
-    Returns a `BatchFeature` of torch tensors: `{modality}_{tower_input}` for every modality present
-    in at least one sample (placeholder rows where it is missing), `modality_mask` `(batch,
-    modalities)` with 1 where present, and `labels` when given.
+    Returns a `BatchFeature`: `{modality}_{tower_input}` tensors for every modality present in at
+    least one sample (placeholder rows where it is missing), `modality_mask` `(batch, modalities)`
+    with 1 where present, `modality_names` (the column order of `modality_mask`, checked by the
+    model) and `labels` when given.
 
     Example:
 
@@ -185,23 +197,46 @@ class I2MoEProcessor(ProcessorMixin):
         self.processors = dict(processors)
         self.kinds = {}
         for name, processor in self.processors.items():
-            if not isinstance(name, str) or not name.isidentifier():
-                raise ValueError(f"I2MoEProcessor: modality names must be Python identifiers, got {name!r}")
+            if not isinstance(name, str) or not name.isidentifier() or name == "labels":
+                raise ValueError(f"I2MoEProcessor: modality names must be Python identifiers other than 'labels', got {name!r}")
             self.kinds[name] = _kind_of(name, processor)
-        if text_max_length is not None and (not isinstance(text_max_length, int) or text_max_length < 1):
+            if self.kinds[name] == "text" and processor.pad_token is None:
+                # Without it, batches of texts of different lengths fail and single texts do not.
+                raise ValueError(
+                    f"I2MoEProcessor: modality {name!r}: the tokenizer has no pad token, which batches need; set one, "
+                    "e.g. tokenizer.pad_token = tokenizer.eos_token"
+                )
+        if text_max_length is not None and (
+            isinstance(text_max_length, bool) or not isinstance(text_max_length, numbers.Integral) or text_max_length < 1
+        ):
             raise ValueError(f"I2MoEProcessor: `text_max_length` must be a positive int, got {text_max_length!r}")
-        self.text_max_length = text_max_length
+        self.text_max_length = None if text_max_length is None else int(text_max_length)
+        for name in self.modality_names:
+            if self.kinds[name] == "text":
+                self._text_max_length(name)  # a limit that leaves no room for text is refused now, not per batch
 
     @property
     def modality_names(self) -> list[str]:
         """The modalities, in the order of the columns of `modality_mask`."""
         return list(self.processors)
 
-    def __call__(self, samples: list[dict] | None = None, labels=None, return_tensors: str = "pt", **modalities) -> BatchFeature:
+    def __call__(self, samples: list[dict] | None = None, labels=None, return_tensors: str = "pt",
+                 sampling_rate: int | None = None, **modalities) -> BatchFeature:
+        """`sampling_rate` (optional) is the rate of bare audio arrays; a mismatch with the feature
+        extractor's rate is an error (a `datasets.Audio` dict carries its own rate)."""
         if return_tensors != "pt":
             raise ValueError(f"I2MoEProcessor returns torch tensors only: `return_tensors` must be 'pt', got {return_tensors!r}")
+        if sampling_rate is not None and "audio" not in self.kinds.values():
+            raise ValueError(f"I2MoEProcessor: `sampling_rate` given, but none of the modalities {self.modality_names} is audio")
         columns, labels = self._columns(samples, labels, modalities)
         batch_size = len(next(iter(columns.values())))
+        for name, values in columns.items():
+            nan_rows = [row for row, value in enumerate(values) if _is_nan_scalar(value)]
+            if nan_rows:
+                raise ValueError(
+                    f"I2MoEProcessor: modality {name!r}: sample(s) {nan_rows} are NaN; mark a missing modality with None "
+                    "(pandas: df.astype(object).where(df.notna(), None))"
+                )
         present = torch.tensor(
             [[columns[name][row] is not None for name in self.modality_names] for row in range(batch_size)],
             dtype=torch.long,
@@ -219,12 +254,14 @@ class I2MoEProcessor(ProcessorMixin):
                 continue  # missing in the whole batch: no keys, the model skips the tower
             values = [columns[name][row] for row in rows.tolist()]
             try:
-                encoded = self._encode(name, values, rows.tolist())
+                encoded = self._encode(name, values, rows.tolist(), sampling_rate)
             except (ValueError, TypeError) as error:  # say which modality; keep the kind of error
                 raise (TypeError if isinstance(error, TypeError) else ValueError)(f"modality {name!r}: {error}") from error
             for key, tensor in encoded.items():
                 output[f"{name}_{key}"] = _scatter_rows(tensor, rows, batch_size, self._fill_value(name, key))
         output["modality_mask"] = present
+        # The column order of `modality_mask`: the model refuses a batch whose order differs from its config's.
+        output["modality_names"] = self.modality_names
         if labels is not None:
             output["labels"] = _labels_tensor(labels)
         return BatchFeature(output)
@@ -245,10 +282,19 @@ class I2MoEProcessor(ProcessorMixin):
                 if not isinstance(sample, dict):
                     raise TypeError(f"I2MoEProcessor: sample {index} must be a dict {{modality: value}}, got {type(sample).__name__}")
                 self._check_names([key for key in sample if key != "labels"], f"sample {index}")
+            if not any(name in sample for sample in samples for name in self.modality_names):
+                raise ValueError(
+                    f"I2MoEProcessor: none of the {len(samples)} samples has a key for any of the modalities "
+                    f"{self.modality_names} (keys: {sorted({key for sample in samples for key in sample})}). Used as a "
+                    "Trainer `data_collator`? Set `TrainingArguments(remove_unused_columns=False)`: otherwise the Trainer "
+                    "drops every dataset column that is not an argument of the model's `forward`, the raw modalities included"
+                )
             if any("labels" in sample for sample in samples):
                 if labels is not None or not all("labels" in sample for sample in samples):
                     raise ValueError("I2MoEProcessor: `labels` must be given for every sample, once")
                 labels = [sample["labels"] for sample in samples]
+            if labels is not None and _labels_length(labels) != len(samples):
+                raise ValueError(f"I2MoEProcessor: inputs disagree on the batch size: {len(samples)} samples, {len(labels)} labels")
             columns = {name: [sample.get(name) for sample in samples] for name in self.modality_names}
             return columns, labels
         if not modalities:
@@ -266,7 +312,7 @@ class I2MoEProcessor(ProcessorMixin):
             modalities[name] = list(values)
             lengths[name] = len(values)
         if labels is not None:
-            lengths["labels"] = len(labels)
+            lengths["labels"] = _labels_length(labels)
         if len(set(lengths.values())) > 1:
             raise ValueError(f"I2MoEProcessor: inputs disagree on the batch size: {lengths}")
         if not next(iter(lengths.values())):
@@ -277,31 +323,46 @@ class I2MoEProcessor(ProcessorMixin):
     def _check_names(self, names: list, where: str) -> None:
         unknown = sorted(set(names) - set(self.modality_names), key=str)
         if unknown:
+            hint = "; name the label column `labels`" if {"label", "label_ids"} & set(unknown) else ""
             raise ValueError(
                 f"I2MoEProcessor: unknown modality name(s) {unknown} in {where}; this processor has "
-                f"{self.modality_names} (and `labels`)"
+                f"{self.modality_names} (and `labels`){hint}"
             )
 
-    def _encode(self, name: str, values: list, rows: list[int]) -> dict[str, torch.Tensor]:
+    def _encode(self, name: str, values: list, rows: list[int], sampling_rate: int | None) -> dict[str, torch.Tensor]:
         processor, kind = self.processors[name], self.kinds[name]
         if kind == "text":
             for value, row in zip(values, rows):
-                if not isinstance(value, str):
-                    raise TypeError(f"sample {row}: expected a str, got {type(value).__name__}")
-                if not value.strip():  # would become a present text of special tokens only
-                    raise ValueError(f"sample {row}: the text is empty; pass None to mark the text missing")
-            max_length = self.text_max_length or processor.model_max_length
-            # Tokenizers that know no limit report a sentinel (int(1e30)): then nothing is truncated.
-            limited = max_length < _NO_LIMIT
-            return dict(processor(values, padding=True, truncation=limited, max_length=max_length if limited else None,
-                                  return_tensors="pt"))
+                _check_text(value, row)
+            max_length = self._text_max_length(name)
+            encoded = dict(processor(values, padding=True, truncation=max_length is not None, max_length=max_length,
+                                     return_special_tokens_mask=True, return_tensors="pt"))
+            _check_texts_have_tokens(encoded, rows)
+            return encoded
         if kind == "image":
             return dict(processor([_load_image(value, row) for value, row in zip(values, rows)], return_tensors="pt"))
         if kind == "audio":
-            waveforms = [_load_waveform(value, row, processor.sampling_rate) for value, row in zip(values, rows)]
+            waveforms = [_load_waveform(value, row, processor.sampling_rate, sampling_rate) for value, row in zip(values, rows)]
             return dict(processor(waveforms, sampling_rate=processor.sampling_rate, padding=True,
                                   return_attention_mask=True, return_tensors="pt"))
         return dict(processor(values, return_tensors="pt", sample_indices=rows))
+
+    def _text_max_length(self, name: str) -> int | None:
+        """The token limit of modality `name`'s texts: `text_max_length`, else the tokenizer's
+        `model_max_length`; None for a tokenizer that knows no limit (it reports the sentinel
+        int(1e30)). A limit of no more than the special tokens would leave every text empty."""
+        tokenizer = self.processors[name]
+        max_length = self.text_max_length or tokenizer.model_max_length
+        if max_length >= _NO_LIMIT:
+            return None
+        special = tokenizer.num_special_tokens_to_add()
+        if max_length <= special:
+            source = "`text_max_length`" if self.text_max_length else f"the {name!r} tokenizer's `model_max_length`"
+            raise ValueError(
+                f"I2MoEProcessor: {source} is {max_length}, but the {name!r} tokenizer adds {special} special tokens to "
+                f"every text, which leaves no room for the text; use at least {special + 1}"
+            )
+        return max_length
 
     def _fill_value(self, name: str, key: str) -> int:
         if self.kinds[name] == "text" and key == "input_ids":
@@ -396,13 +457,39 @@ def _kind_of(name: str, processor) -> str:
 
 
 def _labels_tensor(labels) -> torch.Tensor:
-    array = np.asarray(labels.numpy() if isinstance(labels, torch.Tensor) else labels)
+    """`labels` (a list, array or tensor with one entry per sample) as one tensor."""
+    if isinstance(labels, torch.Tensor):
+        labels = _as_numpy(labels)
+    unlabelled = [row for row, label in enumerate(labels) if label is None or _is_nan_scalar(label)]
+    if unlabelled:
+        raise ValueError(
+            f"I2MoEProcessor: `labels` of sample(s) {unlabelled} are missing (None or NaN); every sample needs a label "
+            "(drop the unlabelled samples, or leave `labels` out at inference)"
+        )
+    try:
+        array = np.asarray(labels)
+    except ValueError:  # numpy refuses rows of different lengths
+        lengths = sorted({int(np.size(label)) for label in labels})
+        raise ValueError(
+            f"I2MoEProcessor: `labels` rows have different lengths {lengths}; multi-hot rows must all have num_labels entries"
+        ) from None
     if array.dtype.kind not in "biuf":
         raise TypeError(
             f"I2MoEProcessor: `labels` must be numbers (class indices, multi-hot rows or regression targets), got "
             f"dtype {array.dtype}; map label names to ids first (config.label2id)"
         )
     return torch.as_tensor(array)
+
+
+def _labels_length(labels) -> int:
+    if isinstance(labels, (str, bytes, dict)) or not hasattr(labels, "__len__") or getattr(labels, "ndim", 1) == 0:
+        raise TypeError(f"I2MoEProcessor: `labels` must be a list with one entry per sample, got {type(labels).__name__}")
+    return len(labels)
+
+
+def _is_nan_scalar(value) -> bool:
+    """A float NaN (what pandas puts in an empty cell), which is not a missing-value marker here."""
+    return isinstance(value, (float, np.floating)) and bool(np.isnan(value))
 
 
 def _scatter_rows(tensor: torch.Tensor, rows: torch.Tensor, batch_size: int, fill_value: int) -> torch.Tensor:
@@ -414,66 +501,225 @@ def _scatter_rows(tensor: torch.Tensor, rows: torch.Tensor, batch_size: int, fil
     return full
 
 
-def _load_image(value, row: int):
-    """A PIL image (RGB) or an array from any of the accepted image values."""
+# PIL modes with 16-bit (or wider) integer or float pixels: `convert("RGB")` clips them to 0..255
+# (a 16-bit photo turns white), so they take the array path, which scales them.
+_DEEP_PIL_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_IMAGE_CHANNELS = (1, 3, 4)
+_IMAGE_SHAPES = "(H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4"
+
+
+def _load_image(value, row: int) -> PIL.Image.Image:
+    """Any accepted image value as an 8-bit RGB PIL image, the one form that every image processor
+    reads the same way (it rescales by 1/255 and normalises). Each conversion is listed in
+    docs/processor.md; anything that cannot be converted provably right is an error naming the sample."""
     if isinstance(value, dict) and ("bytes" in value or "path" in value):  # datasets.Image(decode=False)
+        if not value.get("bytes") and not value.get("path"):
+            raise TypeError(f"sample {row}: the image dict has neither `bytes` nor `path`; pass None to mark the image missing")
         value = value.get("bytes") or value.get("path")
     if isinstance(value, (str, os.PathLike, bytes, bytearray)):
-        source = io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value
-        try:
-            with PIL.Image.open(source) as image:
-                image.load()
-                value = image.copy()
-        except (OSError, PIL.UnidentifiedImageError, ValueError) as error:
-            what = "bytes" if isinstance(value, (bytes, bytearray)) else f"file {str(value)!r}"
-            raise ValueError(f"sample {row}: cannot decode the image {what} ({error})") from None
+        value = _decode_image(value, row)
     if isinstance(value, PIL.Image.Image):
-        return value if value.mode == "RGB" else value.convert("RGB")
+        return _pil_to_rgb(value, row)
     if isinstance(value, (np.ndarray, torch.Tensor)):
-        return _check_image_array(value, row)
+        return PIL.Image.fromarray(_array_to_rgb8(value, row))
     raise TypeError(
         f"sample {row}: expected an image (PIL image, array, tensor, bytes, file path or {{'bytes', 'path'}} dict), "
         f"got {type(value).__name__}"
     )
 
 
-def _check_image_array(value, row: int):
-    """An image given as an array must look like one: otherwise the image processor fails with a
-    message that names no sample, or scales NaN into the pixels."""
-    array = value.numpy() if isinstance(value, torch.Tensor) else value
+def _decode_image(source, row: int) -> PIL.Image.Image:
+    if isinstance(source, str) and source.startswith(("http://", "https://")):
+        raise ValueError(
+            f"sample {row}: the processor does not download images ({source!r}); load it first, e.g. with "
+            "transformers.image_utils.load_image(url)"
+        )
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    try:
+        with PIL.Image.open(stream) as image:
+            image.load()
+            return image.copy()
+    except (OSError, PIL.UnidentifiedImageError, ValueError) as error:
+        what = "bytes" if isinstance(source, (bytes, bytearray)) else f"file {str(source)!r}"
+        raise ValueError(f"sample {row}: cannot decode the image {what} ({error})") from None
+
+
+def _pil_to_rgb(image: PIL.Image.Image, row: int) -> PIL.Image.Image:
+    # Phone photos are stored as the sensor saw them, with an EXIF tag saying how to turn them for
+    # display; transformers' `load_image` and `datasets.Image` apply it, so do we. The tag is removed
+    # from the result, so an image that was turned already is not turned again.
+    image = PIL.ImageOps.exif_transpose(image)
+    if image.mode in _DEEP_PIL_MODES:
+        return PIL.Image.fromarray(_array_to_rgb8(np.asarray(image), row, bit_depth=None if image.mode == "F" else 16))
+    if image.mode == "La":  # premultiplied alpha: PIL reaches RGBA from it only through LA
+        image = image.convert("LA")
+    bands = image.getbands()
+    if "A" in bands or "a" in bands or "transparency" in image.info:
+        return PIL.Image.fromarray(_array_to_rgb8(np.asarray(image.convert("RGBA")), row))
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _array_to_rgb8(value, row: int, bit_depth: int | None = None) -> np.ndarray:
+    """An image array or tensor as `(H, W, 3)` uint8: channels moved last, values scaled to 0..255
+    (`_image_to_uint8`), grey repeated to RGB, alpha composited over white."""
+    array = _as_numpy(value)
     if array.dtype.kind not in "biuf":
         raise TypeError(f"sample {row}: expected an image array of numbers, got dtype {array.dtype}")
-    channel_first, channel_last = (array.shape[0], array.shape[-1]) if array.ndim == 3 else (None, None)
-    if array.ndim not in (2, 3) or (array.ndim == 3 and channel_first not in (1, 3, 4) and channel_last not in (1, 3, 4)):
+    pixels = _image_to_uint8(_channels_last(array, row), row, bit_depth)
+    if pixels.shape[-1] == 1:
+        return np.repeat(pixels, 3, axis=-1)
+    if pixels.shape[-1] == 4:
+        # A transparent pixel's colour is arbitrary (often black): show it as a viewer on a white page does.
+        alpha = pixels[..., 3:].astype(np.float64) / 255.0
+        return np.rint(pixels[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return pixels
+
+
+def _as_numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        # numpy has no bfloat16; half precision is widened too, which changes no value.
+        return (value.float() if value.dtype in (torch.bfloat16, torch.float16) else value).numpy()
+    return np.asarray(value)
+
+
+def _channels_last(array: np.ndarray, row: int) -> np.ndarray:
+    shape = tuple(array.shape)
+    if array.ndim == 2:
+        array = array[..., None]
+    elif array.ndim == 3 and (shape[0] in _IMAGE_CHANNELS) != (shape[-1] in _IMAGE_CHANNELS):
+        array = array if shape[-1] in _IMAGE_CHANNELS else np.moveaxis(array, 0, -1)
+    elif array.ndim == 3 and shape[0] in _IMAGE_CHANNELS:
         raise ValueError(
-            f"sample {row}: expected an image array of shape (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4; "
-            f"got shape {tuple(array.shape)}"
+            f"sample {row}: image array of shape {shape} is ambiguous: both its first and last dimensions could be the "
+            "channels; pass it as a PIL image (PIL.Image.fromarray) or an array of height and width above 4"
         )
+    else:
+        hint = " (a batch of one image? pass one image per sample)" if array.ndim == 4 and shape[0] == 1 else ""
+        raise ValueError(f"sample {row}: expected an image array of shape {_IMAGE_SHAPES}; got shape {shape}{hint}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"sample {row}: the image array of shape {shape} has no pixels")
+    return array
+
+
+def _image_to_uint8(array: np.ndarray, row: int, bit_depth: int | None) -> np.ndarray:
+    """Pixel values as 0..255. Floats in [0, 1] (torchvision's ToTensor) are scaled by 255, floats
+    with a maximum above 1 are read as [0, 255]; uint16 arrays and 16-bit PIL modes as 0..65535;
+    other integers must be 8-bit values. Negative or larger values are refused: a normalised image
+    would otherwise be normalised a second time."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind == "b":
+        return array.astype(np.uint8) * 255
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ValueError(f"sample {row}: the image array contains NaN or inf")
-    return value
+    low, high = array.min().item(), array.max().item()
+    if array.dtype.kind == "f":
+        maximum = 1.0 if high <= 1.0 else 255.0
+    else:
+        depth = bit_depth or (16 if array.dtype == np.uint16 else 8)
+        maximum = 2**depth - 1
+    if low < 0 or high > maximum or (array.dtype.kind == "f" and high > 255):
+        expected = "[0, 1] or [0, 255]" if array.dtype.kind == "f" else f"0..{maximum} ({bit_depth or 'an integer array is read as 8'}-bit)"
+        raise ValueError(
+            f"sample {row}: image values range from {low:g} to {high:g} (dtype {array.dtype}); expected {expected}. "
+            "Pass the raw image: the image processor normalises it (negative values suggest it is normalised already)"
+            + ("; cast a 16-bit image to uint16" if array.dtype.kind in "iu" else "")
+        )
+    return np.rint(array.astype(np.float64) * (255.0 / maximum)).astype(np.uint8)
 
 
-def _load_waveform(value, row: int, sampling_rate: int) -> np.ndarray:
+# Integer PCM: (offset, full scale) per sample format; WAV's 8-bit PCM is unsigned around 128.
+_PCM_FORMATS = {"int8": (0, 2**7), "int16": (0, 2**15), "int32": (0, 2**31), "uint8": (2**7, 2**7)}
+
+
+def _load_waveform(value, row: int, sampling_rate: int, declared_rate: int | None) -> np.ndarray:
+    """Any accepted audio value as a mono float32 waveform in [-1, 1]: what every audio feature
+    extractor expects, and what reaches the model as is when `do_normalize=False`."""
+    value, rate = _unpack_audio(value, row)
+    rate = rate if rate is not None else declared_rate
+    if rate is not None and rate != sampling_rate:
+        raise ValueError(
+            f"sample {row}: audio at {rate} Hz, but the feature extractor expects {sampling_rate} Hz; "
+            "resample it first (e.g. dataset.cast_column(..., Audio(sampling_rate=...)))"
+        )
+    if not isinstance(value, (np.ndarray, torch.Tensor, list, tuple)):
+        raise TypeError(f"sample {row}: expected a 1-D waveform (array, tensor or datasets.Audio dict), got {type(value).__name__}")
+    return _waveform_to_unit_float(_mono(_as_numpy(value), row), row)
+
+
+def _unpack_audio(value, row: int):
+    """(samples, sampling rate or None) from a `datasets.Audio` dict, a torchcodec `AudioDecoder`
+    (what `datasets` 4+ decodes audio to) or a bare waveform."""
     if isinstance(value, dict):
         if "array" not in value:
             raise TypeError(f"sample {row}: an audio dict needs an `array` (a decoded datasets.Audio value), got keys {sorted(value)}")
-        if value.get("sampling_rate", sampling_rate) != sampling_rate:
-            raise ValueError(
-                f"sample {row}: audio at {value['sampling_rate']} Hz, but the feature extractor expects {sampling_rate} Hz; "
-                "resample it first (e.g. dataset.cast_column(..., Audio(sampling_rate=...)))"
+        return value["array"], value.get("sampling_rate")
+    if hasattr(value, "get_all_samples"):
+        samples = value.get_all_samples()
+        return samples.data, samples.sample_rate
+    return value, None
+
+
+def _mono(array: np.ndarray, row: int) -> np.ndarray:
+    if array.ndim == 2 and 1 in array.shape:  # one channel with a channel axis (torchaudio, torchcodec)
+        array = array.reshape(-1)
+    if array.ndim != 1:
+        raise ValueError(
+            f"sample {row}: expected a mono 1-D waveform, got shape {tuple(array.shape)}; for stereo, average the "
+            "channel axis first (e.g. wave.mean(axis=0)) or decode it as mono (datasets.Audio(num_channels=1))"
+        )
+    if not len(array):
+        raise ValueError(f"sample {row}: the waveform is empty")
+    return array
+
+
+def _waveform_to_unit_float(array: np.ndarray, row: int) -> np.ndarray:
+    if array.dtype.kind in "iu":
+        if array.dtype.name not in _PCM_FORMATS:
+            raise TypeError(
+                f"sample {row}: integer audio of dtype {array.dtype} has no known sample format (a list of Python ints "
+                f"becomes int64); pass {sorted(_PCM_FORMATS)} PCM or floats in [-1, 1]"
             )
-        value = value["array"]
-    if isinstance(value, torch.Tensor):
-        value = value.numpy()
-    if not isinstance(value, (np.ndarray, list, tuple)):
-        raise TypeError(f"sample {row}: expected a 1-D waveform (array, tensor or datasets.Audio dict), got {type(value).__name__}")
-    waveform = np.asarray(value, dtype=np.float32)
-    if waveform.ndim != 1 or not len(waveform):
-        raise ValueError(f"sample {row}: expected a non-empty 1-D waveform, got shape {waveform.shape}")
-    if not np.isfinite(waveform).all():
+        offset, scale = _PCM_FORMATS[array.dtype.name]
+        return ((array.astype(np.float64) - offset) / scale).astype(np.float32)
+    if array.dtype.kind != "f":
+        raise TypeError(f"sample {row}: expected audio samples of a real number type, got dtype {array.dtype}")
+    if not np.isfinite(array).all():
         raise ValueError(f"sample {row}: the waveform contains NaN or inf")
-    return waveform
+    peak = float(np.abs(array).max())
+    if peak > 1.0:
+        raise ValueError(
+            f"sample {row}: float audio must lie in [-1, 1], but its peak is {peak:g}; integer PCM cast to float? pass "
+            "the int16 array (or divide by 32768); clip overshoots with np.clip(wave, -1, 1)"
+        )
+    return array.astype(np.float32)
+
+
+# Characters that show nothing: whitespace and separators, control characters, format characters
+# (zero-width space and joiners, byte-order mark, soft hyphen, direction marks), unassigned code points.
+_INVISIBLE_CATEGORIES = {"Zs", "Zl", "Zp", "Cc", "Cf", "Cn", "Cs"}
+
+
+def _check_text(value, row: int) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"sample {row}: expected a str, got {type(value).__name__}")
+    if all(unicodedata.category(character) in _INVISIBLE_CATEGORIES for character in value):
+        raise ValueError(
+            f"sample {row}: the text is empty; pass None to mark the text missing (no visible character: only "
+            "whitespace, control or zero-width characters, if any)"
+        )
+
+
+def _check_texts_have_tokens(encoded: dict, rows: list[int]) -> None:
+    """A text the tokenizer reduces to special tokens only (e.g. lone accents that BERT strips)
+    would be a 'present' text of `[CLS] [SEP]`: the same as an empty one."""
+    special = encoded.pop("special_tokens_mask")  # padding counts as special
+    for row, has_tokens in zip(rows, (special == 0).any(dim=1).tolist()):
+        if not has_tokens:
+            raise ValueError(
+                f"sample {row}: the text is empty; pass None to mark the text missing (the tokenizer leaves only special tokens)"
+            )
 
 
 __all__ = ["I2MoEFeatureNormalizer", "I2MoEProcessor"]

@@ -28,6 +28,7 @@ from collections.abc import Callable
 import torch
 
 from .configuration_i2moe import I2MoEConfig
+from .data_utils import check_int
 from .interpretation import InterpretationResult, interpret
 from .modeling_i2moe import I2MoEForClassification
 from .towers_i2moe import I2MoEFeaturesConfig
@@ -54,6 +55,7 @@ def synthetic_batch(task: str, size: int, generator: torch.Generator | None = No
     """`{"a_features", "b_features", "labels"}` for `size` fresh samples of `task`."""
     if task not in SYNTHETIC_TASKS:
         raise ValueError(f"synthetic task must be one of {sorted(SYNTHETIC_TASKS)}, got {task!r}")
+    check_int("synthetic_batch", "size", size, 1)
     a = torch.randn(size, NUM_FEATURES, generator=generator)
     b = torch.randn(size, NUM_FEATURES, generator=generator)
     return {"a_features": a, "b_features": b, "labels": SYNTHETIC_TASKS[task](a, b)}
