@@ -204,3 +204,41 @@ def test_activation_checkpointing_reruns_the_block_in_backward_and_changes_nothi
     torch.testing.assert_close(output.logits, plain_output.logits, rtol=0, atol=0)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("fusion", sorted(FUSION_BACKBONES))
+def test_a_backbone_built_without_num_stacks_has_one_stack(fusion):
+    config = fusion_config(fusion, LAYOUTS["uneven"])
+    backbone = FUSION_BACKBONES[fusion](config, TokenLayout(tuple(config.modality_names), LAYOUTS["uneven"]))
+    assert {parameter.shape[0] for parameter in backbone.parameters()} == {1}
+    assert backbone(torch.randn(1, 2, 6, 8)).shape == (1, 2, 3)
+
+
+def test_initial_weight_scales():
+    """What `post_init` draws: stacked linears N(0, initializer_range) with zero bias; LRTF's
+    Xavier-normal factors `sqrt(2 / (d + 1 + o))` and rank weights `sqrt(2 / (1 + R))`; DMIL's
+    linears N(0, 1 / fan_in) (the VIB's unit noise would bury means drawn at 0.02)."""
+    lrtf = I2MoEForClassification(make_config(fusion="lrtf", hidden_size=64, lrtf_rank=64, lrtf_output_size=32,
+                                              fusion_hidden_size=64, initializer_range=0.05))
+    dmil = I2MoEForClassification(make_config(method="dmil", hidden_size=64, dmil_latent_size=32))
+    backbone = lrtf.interaction.backbone
+    expected = {
+        "lrtf head": (backbone.head.fc1.weight, 0.05),
+        "lrtf factors": (backbone.factors, (2.0 / (64 + 1 + 32)) ** 0.5),
+        "lrtf rank weights": (backbone.rank_weights, (2.0 / (1 + 64)) ** 0.5),
+        "dmil vib": (dmil.interaction.intra.task_vib.linear.weight, 64 ** -0.5),
+    }
+    for name, (weight, std) in expected.items():
+        assert abs(weight.mean().item()) < 0.2 * std, name
+        assert weight.std().item() == pytest.approx(std, rel=0.2), name
+    assert (backbone.head.fc1.bias == 0).all() and (backbone.fusion_bias == 0).all()
+    assert (dmil.interaction.intra.task_vib.linear.bias == 0).all()
+
+
+def test_a_modality_missing_from_every_row_skips_its_tower():
+    model = bert_model("mean")
+    calls = []
+    access.tower(model, "text").register_forward_hook(lambda *args: calls.append(1))
+    tokens = embed_text(model, modality_mask=torch.tensor([[0, 1]] * 3))
+    assert calls == []
+    torch.testing.assert_close(tokens[:, 0], access.null_tokens(model, "text").expand(3, -1), rtol=0, atol=0)

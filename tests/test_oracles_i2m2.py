@@ -59,3 +59,13 @@ def test_model_logits_are_the_product_of_its_heads_from_their_weights(problem_ty
                                rtol=1e-6, atol=1e-6)
     # Reported per-head logits: the head's output where the modality is present, zeros elsewhere.
     torch.testing.assert_close(output.unimodal_logits.double(), unimodal * PRESENT[..., None], rtol=1e-9, atol=1e-9)
+
+
+def test_product_with_an_i2moe_part_keeps_its_interaction_loss():
+    config = make_config(feature_sizes=(3, 3), method="i2moe", i2m2_heads=True, i2moe_lambda_int=0.4,
+                         i2moe_perturbation="null", i2moe_reweight_dropout=0.0)
+    model = I2MoEForClassification(config).train()
+    labels = torch.tensor([0, 2, 1, 1])
+    output = model(**make_inputs(config), labels=labels)
+    expected = oracles.cross_entropy(output.logits.double(), labels) + 0.4 * output.interaction_loss.double()
+    torch.testing.assert_close(output.loss.double(), expected, rtol=1e-6, atol=1e-6)

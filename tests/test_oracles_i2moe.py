@@ -196,3 +196,12 @@ def test_model_loss_is_task_loss_plus_lambda_times_the_interaction_loss():
     torch.testing.assert_close(output.logits, logits, **FLOAT32_SOFTMAX)
     expected = oracles.cross_entropy(logits, labels) + 0.3 * torch.stack(list(terms.values())).mean()
     torch.testing.assert_close(output.loss.double(), expected, **FLOAT32_SOFTMAX)
+
+
+@pytest.mark.parametrize("method", ["i2moe", "dmil"])
+def test_saved_weights_are_the_parameters_only(method):
+    """The fixed loss matrices and masks are non-persistent buffers: rebuilt from the config, never
+    saved (a saved copy would go stale and break loading across versions)."""
+    config = make_config(feature_sizes=(3, 3, 3), method=method)
+    model = I2MoEForClassification(config)
+    assert set(model.state_dict()) == {name for name, _ in model.named_parameters()}
