@@ -4,6 +4,7 @@ test makes the stale sentence fail here, naming the file and the expected text."
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
 from pathlib import Path
@@ -208,3 +209,28 @@ def test_distributed_variant_counts():
     exact = len(VARIANTS) - len(STOCHASTIC)
     assert_quoted("README.md", f"CI trains {len(VARIANTS)} variants", f"for the {exact} variants that draw no random numbers")
     assert_quoted("docs/distributed.md", f"({len(VARIANTS)} variants)", f"interaction loss: {exact} variants)")
+
+
+# --- the mutation-testing note ---
+
+
+def mutation_tool():
+    spec = importlib.util.spec_from_file_location("mutation_testing", ROOT / "tools" / "mutation_testing.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mutation_testing_note_quotes_its_results():
+    tool, stored = mutation_tool(), results("mutation_testing.json")
+    assert all(row["failing_tests"] for row in stored["planted_bugs"]), "a planted bug is caught by no test"
+    assert {row["bug"] for row in stored["planted_bugs"]} == {bug[0] for bug in tool.PLANTED_BUGS}
+    document = text("docs/testing.md")
+    for table in (tool.planted_table(stored), tool.summary_table(stored)):
+        assert table in document, f"docs/testing.md should hold, from the results:\n{table}"
+    runs = stored["mutmut"]
+    assert runs["before"]["sampled"] == runs["after"]["sampled"]  # the same seeded sample in both runs
+    assert_quoted("docs/testing.md", f"The {runs['after']['sampled']} sampled mutants of the "
+                                     f"{runs['after']['mutants_in_scope']:,} in scope")
+    unexplained = [name for name in stored["mutmut"]["after"]["survivors"] if f"`{name}`" not in document]
+    assert not unexplained, f"docs/testing.md must justify the surviving mutants {unexplained}"

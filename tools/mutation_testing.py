@@ -196,6 +196,33 @@ def run_planted(workdir: Path) -> list[dict]:
     return rows
 
 
+def planted_table(stored: dict) -> str:
+    """The Markdown table of docs/testing.md: each planted bug and the tests that catch it."""
+    lines = ["| planted bug | file | failing tests |", "|---|---|---|"]
+    for row in stored["planted_bugs"]:
+        tests = ", ".join(f"`{test}`" for test in row["failing_tests"]) or "**none**"
+        lines.append(f"| {row['bug']} | `{row['file']}` | {tests} |")
+    return "\n".join(lines)
+
+
+def summary_table(stored: dict) -> str:
+    """Kill rates per run and per file, as quoted in docs/testing.md."""
+    runs = stored["mutmut"]
+    labels = [label for label in ("before", "after") if label in runs]
+    lines = ["| file | " + " | ".join(f"{label}: killed / tested (rate)" for label in labels) + " |",
+             "|---|" + "---|" * len(labels)]
+
+    def cell(counts: dict) -> str:
+        killed = counts.get("killed", 0) + counts.get("timeout", 0)
+        tested = killed + counts.get("survived", 0)
+        return f"{killed} / {tested} ({100 * killed / tested:.1f}%)" if tested else "—"
+
+    for file in CORE_FILES:
+        lines.append(f"| `{file}` | " + " | ".join(cell(runs[label]["per_file"][file]) for label in labels) + " |")
+    lines.append("| **all** | " + " | ".join(f"**{cell(runs[label]['counts'])}**" for label in labels) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--label", default="after", help="key under which the results are stored")
@@ -204,17 +231,25 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--planted", action="store_true", help="run the named planted bugs instead of mutmut")
+    parser.add_argument("--tables", action="store_true", help="print the Markdown tables of the stored results")
     args = parser.parse_args(argv)
+    if args.tables:
+        stored = json.loads(RESULTS.read_text())
+        print(planted_table(stored), summary_table(stored), sep="\n\n")
+        return
     workdir = args.workdir or Path("/tmp/i2moe-mutation") / ("planted" if args.planted else args.label)
-    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if args.planted:
-        stored["planted_bugs"] = run_planted(workdir)
+        key, result = "planted_bugs", run_planted(workdir)
     else:
-        stored.setdefault("mutmut", {})[args.label] = run_label(args.label, args.tests_ref, args.sample, args.seed,
-                                                                workdir)
-        result = stored["mutmut"][args.label]
+        key, result = args.label, run_label(args.label, args.tests_ref, args.sample, args.seed, workdir)
         print(f"{args.label}: kill rate {result['kill_rate']} over {result['sampled']} of {result['mutants_in_scope']} "
               f"mutants; counts {result['counts']}")
+    # Read just before writing: several runs (labels, --planted) may go on at once.
+    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if args.planted:
+        stored[key] = result
+    else:
+        stored.setdefault("mutmut", {})[key] = result
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
 
