@@ -281,7 +281,7 @@ def run_dataset(name: str, splits: dict, spec: dict, seeds: list[int], stage_epo
             record = {"dataset": name, "model": model_name, "seed": seed, "accuracy": scores["accuracy"],
                       "synergy": scores["synergy"]}
             if model_name == "dmil":
-                record["component_weights_mean"] = dict(zip(dmil_model.interaction.component_names,
+                record["gate_weights_mean"] = dict(zip(dmil_model.interaction.component_names,
                                                        dmil["component_weights"].mean(0).round(4).tolist()))
                 record["validation_accuracy_per_stage"] = dmil["validation_accuracy_per_stage"]
             records.append(record)
@@ -304,9 +304,9 @@ def summarise(records: list[dict]) -> list[dict]:
                    "accuracy_std": round(float(accuracy.std(ddof=1)) if len(chosen) > 1 else 0.0, 4),
                    "synergy_mean": round(float(np.mean([r["synergy"] for r in chosen])), 4),
                    "num_seeds": len(chosen)}
-            if "component_weights_mean" in chosen[0]:
-                row["component_weights_mean"] = {key: round(float(np.mean([r["component_weights_mean"][key] for r in chosen])), 4)
-                                            for key in chosen[0]["component_weights_mean"]}
+            if "gate_weights_mean" in chosen[0]:
+                row["gate_weights_mean"] = {key: round(float(np.mean([r["gate_weights_mean"][key] for r in chosen])), 4)
+                                            for key in chosen[0]["gate_weights_mean"]}
             rows.append(row)
     return rows
 

@@ -153,8 +153,7 @@ def test_a_few_training_steps_with_pretrained_towers_save_a_loadable_model(fashi
         "--eval_missing_modality", "image", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
         "--hidden_size", "32", "--use_cpu", "true", "--image_size", "96",
     ])
-    assert np.isfinite(results["train_train_loss"]) and 0.0 <= results["test_accuracy"] <= 1.0
-    assert 0.0 <= results["test_without_image_accuracy"] <= 1.0
+    assert np.isfinite(results["train_train_loss"])
     for name in ("all_results.json", "test_results.json", "test_without_image_results.json", "processor_config.json",
                  "model.safetensors", "processing_i2moe.py"):
         assert (output_dir / name).exists(), name
@@ -168,6 +167,11 @@ def test_a_few_training_steps_with_pretrained_towers_save_a_loadable_model(fashi
     assert batch["modality_mask"].tolist() == [[1, 1], [1, 0], [1, 1], [1, 1]]
     with torch.no_grad():
         assert model(**batch).logits.shape == (4, 40)
+        # The reported accuracies are those of the saved model on the first 4 test products, recomputed here.
+        for key, images in (("test_accuracy", test["image"]), ("test_without_image_accuracy", [None] * 4)):
+            logits = model(**processor(image=images, text=test["text"])).logits
+            accuracy = (logits.argmax(-1) == torch.tensor(test["labels"])).float().mean().item()
+            assert results[key] == pytest.approx(accuracy), key
 
 
 def test_shipped_metric_loads_offline_and_computes_accuracy_and_macro_f1():

@@ -241,17 +241,6 @@ def test_missing_modality_rows_are_masked_out_of_the_losses():
                                interaction.interaction_loss_terms(changed, present))
 
 
-def test_bf16_autocast_on_cpu():
-    config = make_config("transformer", method="i2moe")
-    model = I2MoEForClassification(config).train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        output = model(**make_inputs(config), labels=torch.tensor([0, 1, 2, 0]))
-    output.loss.backward()
-    assert torch.isfinite(output.loss)
-    torch.testing.assert_close(output.component_weights.sum(-1), torch.ones(4))
-    assert all(p.grad is not None for p in model.interaction.parameters())
-
-
 def test_torch_compile_smoke():
     config = make_config("transformer", method="i2moe")
     layout = TokenLayout(tuple(config.modality_names), (1, 1))

@@ -1,0 +1,237 @@
+"""The figures README.md and docs/*.md quote, recomputed from the committed result files they come
+from (benchmarks/results/*.json) and from the tests they describe: a regenerated JSON or a changed
+test makes the stale sentence fail here, naming the file and the expected text."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from test_distributed import STOCHASTIC, VARIANTS
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def text(name: str) -> str:
+    return (ROOT / name).read_text()
+
+
+def results(name: str):
+    return json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+
+
+def assert_quoted(document: str, *phrases: str) -> None:
+    content = " ".join(text(document).split())  # line breaks in the Markdown are spaces
+    missing = [phrase for phrase in phrases if " ".join(phrase.split()) not in content]
+    assert not missing, f"{document} should quote {missing} (from the committed results)"
+
+
+def ratio(numerator: float, denominator: float) -> str:
+    return f"{numerator / denominator:.2f}x"
+
+
+# --- I2MoE: operator counts and step time ---
+
+
+def test_op_counts():
+    counts = {(row["setting"], row["method"]): row for row in results("i2moe_op_count.json")}
+    train_ratios, infer_ratios = set(), set()
+    for setting in ("m2_d256_p16", "m3_d256_p16"):
+        vanilla, i2moe = counts[(setting, "vanilla")], counts[(setting, "i2moe")]
+        train, infer = ratio(i2moe["train_ops"], vanilla["train_ops"]), ratio(i2moe["infer_ops"], vanilla["infer_ops"])
+        train_ratios.add(train), infer_ratios.add(infer)
+        assert_quoted("docs/i2moe.md", f"| {setting} | {vanilla['train_ops']} | {i2moe['train_ops']} | **{train}** | "
+                                       f"{vanilla['infer_ops']} | {i2moe['infer_ops']} | **{infer}** |")
+    (train,), (infer,) = train_ratios, infer_ratios  # M = 2 and M = 3 agree
+    assert_quoted("README.md", f"dispatches {train} the ATen operators of vanilla fusion at M = 2 and M = 3 and "
+                               f"inference {infer}")
+    assert_quoted("docs/i2moe.md", f"the {train} operator count")
+
+
+def step_times():
+    return {(row["setting"], row["precision"], row["method"]): row for row in results("i2moe_step_time_cpu.json")}
+
+
+def test_step_time_table():
+    rows = step_times()
+    for setting, precision, _ in sorted(rows):
+        vanilla, i2moe = rows[(setting, precision, "vanilla")], rows[(setting, precision, "i2moe")]
+        cells = [f"{i2moe[key]:.0f} / {vanilla[key]:.0f} {unit} = {i2moe[key] / vanilla[key]:.{digits}f}x"
+                 for key, unit in (("train_ms", "ms"), ("infer_ms", "ms"), ("peak_mem_mib", "MiB"))
+                 for digits in [1 if setting != "towers_vitb_bertb" else 2]]
+        assert_quoted("docs/i2moe.md", f"| {setting} | {precision} | {i2moe['batch_size']} | {i2moe['steps']} | "
+                                       + " | ".join(cells) + " |")
+
+
+def test_bf16_against_fp32_on_this_cpu():
+    rows = step_times()
+    bf16_over_fp32 = {
+        (setting, method): rows[(setting, "bf16", method)]["train_ms"] / rows[(setting, "fp32", method)]["train_ms"]
+        for setting, precision, method in rows if precision == "fp32"
+    }
+    small = {bf16_over_fp32[(setting, "i2moe")] for setting in ("m2_d256_p16", "m3_d256_p16")}
+    assert {f"{value:.2f}" for value in small} == {"0.52"}
+    large = [value for (setting, _), value in bf16_over_fp32.items() if not setting.endswith("d256_p16")]
+    assert_quoted("docs/i2moe.md", "I2MoE train step 0.52x the fp32 time at M = 2 and M = 3",
+                  f"but {min(large):.1f}–{max(large):.1f}x slower at d = 768 and with the towers")
+
+
+def synthetic_row(runs: list[dict], expected: str) -> dict:
+    return {
+        "dominant": sum(run["dominant_type"] == expected for run in runs),
+        "accuracy": statistics.mean(run["accuracy"] for run in runs),
+        "best_expert": statistics.mean(max(run["component_accuracy"].values()) for run in runs),
+        "largest_weight": statistics.mean(run["mean_max_weight"] for run in runs),
+    }
+
+
+@pytest.mark.parametrize("task, label, expected", [("uniqueness", "sign of `a[0]`", "uniqueness_a"),
+                                                   ("synergy", "XOR", "synergy")])
+def test_synthetic_interactions_table(task, label, expected):
+    runs = results("i2moe_synthetic_interactions.json")
+    lines = [line for line in text("docs/i2moe.md").splitlines() if line.startswith(f"| {label}")]
+    perturbations = ("noise", "mean", "null")
+    rows = {(p, lam): synthetic_row([run for run in runs if (run["task"], run["perturbation"], run["lambda_int"])
+                                     == (task, p, lam)], expected)
+            for p in perturbations for lam in (0.5, 2.0)}
+    for p in perturbations:
+        row = rows[(p, 0.5)]
+        cells = (f"| {p} | 0.5 | {row['dominant']} / 5 | {row['accuracy']:.3f} | {row['best_expert']:.3f} | "
+                 f"{row['largest_weight']:.2f} |")
+        assert any(line.endswith(cells) for line in lines), f"docs/i2moe.md: no {label} row ending {cells}"
+    large = [rows[(p, 2.0)] for p in perturbations]
+
+    def spread(key, digits):
+        low, high = min(row[key] for row in large), max(row[key] for row in large)
+        return f"{low:.{digits}f}–{high:.{digits}f}"
+
+    dominant = ", ".join(f"{row['dominant']} / 5" for row in large)
+    cells = (f"| noise / mean / null | 2.0 | {dominant} | "
+             f"{spread('accuracy', 2)} | {spread('best_expert', 2)} | {spread('largest_weight', 2)} |")
+    assert any(line.endswith(cells) for line in lines), f"docs/i2moe.md: no {label} row ending {cells}"
+
+
+def test_synergy_expert_dominates_only_where_xor_was_not_learned():
+    xor = [run for run in results("i2moe_synthetic_interactions.json") if run["task"] == "synergy"]
+    synergy_runs = [run for run in xor if run["dominant_type"] == "synergy"]
+    accuracies = " and ".join(f"{run['accuracy']:.2f}" for run in sorted(synergy_runs, key=lambda run: run["accuracy"]))
+    assert_quoted("docs/i2moe.md", f"largest mean weight in {len(synergy_runs)} of {len(xor)} runs",
+                  f"(accuracy {accuracies})")
+
+
+# --- AV-MNIST: I2M2 and DMIL ---
+
+
+def avmnist_rows() -> dict:
+    return {(row["model"], row["fusion"]): row for row in results("avmnist.json")}
+
+
+def test_avmnist_table_and_readme():
+    for row in results("avmnist.json"):
+        per_seed = " / ".join(f"{value:.2f}" for value in row["accuracies"])
+        seeds = ", ".join(map(str, row["seeds"]))
+        assert_quoted("docs/i2m2.md", f"| {row['model']} | {row['fusion'] or '—'} | {row['accuracy_mean']:.2f} ± "
+                                      f"{row['accuracy_std']:.2f} | {per_seed} (seeds {seeds}) |")
+    rows = avmnist_rows()
+    mean = {key: row["accuracy_mean"] for key, row in rows.items()}
+    assert_quoted(
+        "README.md",
+        f"image-only {mean[('image-only', None)]:.1f}, audio-only {mean[('audio-only', None)]:.1f})",
+        f"intra {mean[('intra (product of unimodal)', None)]:.2f}, inter LF {mean[('inter', 'LF')]:.2f}, "
+        f"**I2M2 LF {mean[('I2M2', 'LF')]:.2f}**, I2M2 LRTF {mean[('I2M2', 'LRTF')]:.2f}, "
+        f"I2MoE {mean[('I2MoE', 'LF')]:.2f}",
+    )
+
+
+def test_avmnist_per_seed_margins_over_intra():
+    rows = avmnist_rows()
+    intra = rows[("intra (product of unimodal)", None)]["accuracies"]
+
+    def margins(key):
+        return ", ".join(f"{value - base:+.2f}" for value, base in zip(rows[key]["accuracies"], intra))
+
+    assert_quoted("docs/i2m2.md", f"({margins(('I2M2', 'LF'))} points)", f"({margins(('I2M2', 'LRTF'))})",
+                  f"({rows[('intra (product of unimodal)', None)]['accuracy_mean']:.2f}; "
+                  f"{margins(('I2MoE + I2M2 heads', 'LF'))} per seed)")
+
+
+def dmil_cell(row: dict, with_synergy: bool = True) -> str:
+    cell = f"{100 * row['accuracy_mean']:.2f} ± {100 * row['accuracy_std']:.2f}"
+    return f"{cell} (syn {100 * row['synergy_mean']:.2f})" if with_synergy else cell
+
+
+def test_dmil_table_and_readme():
+    rows = {(row["dataset"], row["model"]): row for row in results("dmil.json")["rows"]}
+    for model, label in (("joint", "Joint training"), ("unimodal_ensemble", "Unimodal ensemble"), ("dmil", "DMIL")):
+        assert_quoted("docs/dmil.md", f"| {label} | ")
+        assert_quoted("docs/dmil.md", f"| {dmil_cell(rows[('avmnist', model)])} | {dmil_cell(rows[('fashion', model)])} |")
+    assert_quoted("docs/dmil.md",
+                  f"| image / text alone | — | {dmil_cell(rows[('avmnist', 'unimodal_image')], False)} | "
+                  f"{dmil_cell(rows[('fashion', 'unimodal_text')], False)} (text) |",
+                  f"| audio / tabular alone | — | {dmil_cell(rows[('avmnist', 'unimodal_audio')], False)} | "
+                  f"{dmil_cell(rows[('fashion', 'unimodal_tabular')], False)} (tabular) |")
+    gates = {dataset: rows[(dataset, "dmil")]["gate_weights_mean"] for dataset in ("avmnist", "fashion")}
+    assert_quoted("docs/dmil.md", ", ".join(
+        f"{name.replace('_', ' ')} {gates['avmnist'][name]:.2f}"
+        for name in ("uniqueness_image", "uniqueness_audio", "redundancy", "synergy")))
+    assert_quoted("docs/dmil.md", ", ".join(
+        f"{name.replace('_', ' ')} {gates['fashion'][name]:.2f}"
+        for name in ("uniqueness_tabular", "uniqueness_text", "redundancy", "synergy")))
+    accuracy = {model: 100 * rows[("avmnist", model)]["accuracy_mean"] for model in ("dmil", "joint", "unimodal_ensemble")}
+    assert_quoted("README.md", f"{accuracy['dmil']:.2f} / {accuracy['joint']:.2f} / {accuracy['unimodal_ensemble']:.2f}")
+    short = {row["model"]: row for row in results("dmil_avmnist_stages_2_2_2.json")["rows"]}
+    assert_quoted("docs/dmil.md", dmil_cell(short["dmil"], False))
+
+
+def stage_range(name: str, stage: int) -> str:
+    stages = [row["validation_accuracy_per_stage"][stage] for row in results(name)["per_seed"]
+              if (row["dataset"], row["model"]) == ("avmnist", "dmil")]
+    return f"{100 * min(stages):.0f}-{100 * max(stages):.0f}%"
+
+
+def test_dmil_per_stage_validation_accuracy():
+    dmil = {row["model"]: row for row in results("dmil.json")["rows"] if row["dataset"] == "avmnist"}["dmil"]
+    assert_quoted("docs/dmil.md", f"ensemble reaches {stage_range('dmil.json', 0)}",
+                  f"falls to {stage_range('dmil.json', 1)}",
+                  f"stage 2 still ends at {stage_range('dmil_avmnist_stages_2_2_2.json', 1)}",
+                  f"synergy score ({100 * dmil['synergy_mean']:.1f}%)")
+
+
+# --- what the tests check, as the docs describe it ---
+
+
+def test_distributed_variant_counts():
+    # Every variant, the stochastic ones included, is compared across process counts (no skip).
+    assert STOCHASTIC and "pytest.skip" not in (Path(__file__).parent / "test_distributed.py").read_text()
+    assert_quoted("README.md", f"every method\n  and variant ({len(VARIANTS)} of {len(VARIANTS)}, `tests/test_distributed.py`)")
+    assert_quoted("docs/distributed.md", f"({len(VARIANTS)} variants)", "for **every** variant, the stochastic ones included")
+
+
+# --- the mutation-testing note ---
+
+
+def mutation_tool():
+    spec = importlib.util.spec_from_file_location("mutation_testing", ROOT / "tools" / "mutation_testing.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mutation_testing_note_quotes_its_results():
+    tool, stored = mutation_tool(), results("mutation_testing.json")
+    assert all(row["failing_tests"] for row in stored["planted_bugs"]), "a planted bug is caught by no test"
+    assert {row["bug"] for row in stored["planted_bugs"]} == {bug[0] for bug in tool.PLANTED_BUGS}
+    document = text("docs/testing.md")
+    for table in (tool.planted_table(stored), tool.summary_table(stored)):
+        assert table in document, f"docs/testing.md should hold, from the results:\n{table}"
+    runs = stored["mutmut"]
+    assert runs["before"]["sampled"] == runs["after"]["sampled"]  # the same seeded sample in both runs
+    assert_quoted("docs/testing.md", f"The {runs['after']['sampled']} sampled mutants of the "
+                                     f"{runs['after']['mutants_in_scope']:,} in scope")
+    unexplained = [name for name in stored["mutmut"]["after"]["survivors"] if f"`{name}`" not in document]
+    assert not unexplained, f"docs/testing.md must justify the surviving mutants {unexplained}"
