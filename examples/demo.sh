@@ -42,7 +42,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
     --output_dir "$OUTPUT_DIR" \
     --do_train --do_eval --do_predict --image_size 128 \
     --num_train_epochs EPOCHS --per_device_train_batch_size 64 --per_device_eval_batch_size 128 \
-    --learning_rate LR --warmup_ratio 0.05 --weight_decay 0.01 --lr_scheduler_type cosine \
+    --learning_rate LR --warmup_steps 0.05 --weight_decay 0.01 --lr_scheduler_type cosine \
     --method i2moe --hidden_size 128 --fusion transformer --fusion_num_layers 1 \
     --modality_dropout 0.2 --eval_missing_modality image text --unimodal_baselines \
     --eval_strategy no --save_strategy no --logging_steps 100 --report_to none --dataloader_pin_memory false \

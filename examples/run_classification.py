@@ -104,7 +104,10 @@ class DataArguments:
     dataset: str = field(default="fashion", metadata={"help": "Dataset: one of DATASETS (fashion, avmnist)."})
     data_dir: str | None = field(default=None, metadata={"help": "Data root (default: $I2MOE_DATA_DIR or ../shared/data)."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the dataset's fixed train/validation/test split."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where built datasets are cached (default ~/.cache/i2moe/datasets)."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where built datasets are cached (default ~/.cache/i2moe/datasets), and under "
+                                        "its `tower-features/` the cached tower outputs (default ~/.cache/i2moe/features)."},
+    )
     target: str = field(default="articleType", metadata={"help": "Fashion: the column to predict."})
     min_count: int = field(default=20, metadata={"help": "Fashion: classes with fewer products are merged into 'other'."})
     tabular_columns: list[str] = field(
@@ -274,7 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
     # Frozen towers: their outputs computed once (and saved for the next run) instead of every epoch.
     cached = [m.name for m in model.config.modalities if m.freeze] if model_args.cache_tower_features else []
     if cached:
-        splits = {split: cache_tower_features(model, processor, data, modalities=cached,
+        feature_cache = os.path.join(data_args.cache_dir, "tower-features") if data_args.cache_dir else None
+        splits = {split: cache_tower_features(model, processor, data, modalities=cached, cache_dir=feature_cache,
                                               batch_size=training_args.per_device_eval_batch_size)
                   for split, data in splits.items()}
 
