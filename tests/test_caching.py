@@ -107,7 +107,10 @@ def test_second_run_loads_the_saved_features_and_a_new_tower_recomputes(tmp_path
     first = cache_tower_features(model, processor, dataset, cache_dir=tmp_path)
     calls = []
     hook = model.encoders["text"].tower.register_forward_hook(lambda *args: calls.append(1))
-    second = cache_tower_features(model, processor, Dataset.from_dict(_rows()), cache_dir=tmp_path)
+    # The same data, and the same tokenizer loaded from another folder (another venv, another cache).
+    processor.processors["text"].save_pretrained(tmp_path / "tokenizer")
+    moved = I2MoEProcessor({**processor.processors, "text": BertTokenizer.from_pretrained(tmp_path / "tokenizer")})
+    second = cache_tower_features(model, moved, Dataset.from_dict(_rows()), cache_dir=tmp_path)
     assert calls == []  # loaded, not computed
     assert all(np.array_equal(a, b) for a, b in zip(first[feature_column("text")], second[feature_column("text")])
                if a is not None)
@@ -120,6 +123,9 @@ def test_second_run_loads_the_saved_features_and_a_new_tower_recomputes(tmp_path
     other_data = Dataset.from_dict({**_rows(), "text": ["red shirt"] * 24})
     assert cache_tower_features(model, processor, other_data, cache_dir=tmp_path)[0][feature_column("text")] is not None
     assert len(list(tmp_path.glob("text-*"))) == 3
+    processor.processors["text"].model_max_length = 4  # truncates: other inputs, other features
+    cache_tower_features(model, processor, dataset, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("text-*"))) == 4
 
 
 def test_only_frozen_towers_are_cached(tmp_path):

@@ -24,6 +24,7 @@ Outer ring: this file imports the package and `datasets`, and does not travel as
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from datasets import Dataset, Features, List, Value, concatenate_datasets, load_from_disk
 from datasets.fingerprint import Hasher
+from transformers import PreTrainedTokenizerBase
 
 
 logger = logging.getLogger(__name__)
@@ -120,8 +122,27 @@ def _cache_key(encoder, processor, dataset: Dataset, name: str) -> str:
         weights.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return Hasher.hash((
         _CACHE_VERSION, dataset._fingerprint, weights.hexdigest(), encoder.pooling, encoder.resampler is not None,
-        processor.processors[name], processor.text_max_length,
+        _processor_settings(processor.processors[name]), processor.text_max_length,
     ))
+
+
+def _processor_settings(sub_processor) -> str:
+    """What a sub-processor does, without the folder it was loaded from: the same tokenizer or image
+    processor loaded from another place (another virtual environment, another cache) finds the
+    same cached features."""
+    if isinstance(sub_processor, PreTrainedTokenizerBase):
+        # The effective settings (not `init_kwargs`, which hold only what the constructor was given).
+        backend = getattr(sub_processor, "backend_tokenizer", None)
+        if backend is not None:  # normaliser, pre-tokeniser, vocabulary, post-processor
+            pipeline = json.loads(backend.to_str())
+            pipeline.pop("truncation", None), pipeline.pop("padding", None)  # state of the last call
+        else:
+            pipeline = sorted(sub_processor.get_vocab().items())
+        described = [pipeline, sub_processor.model_max_length, sub_processor.padding_side,
+                     sub_processor.truncation_side, sub_processor.all_special_tokens]
+    else:
+        described = sub_processor.to_dict()
+    return json.dumps([type(sub_processor).__name__, described], default=str, sort_keys=True)
 
 
 def _feature_type(encoder):
