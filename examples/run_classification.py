@@ -26,6 +26,7 @@ and `interpretation_<split>.json`). `--push_to_hub --hub_model_id org/name` uplo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -52,6 +53,7 @@ from i2moe import (
     I2MoELeNetConfig,
     I2MoEProcessor,
 )
+from i2moe.caching import CachedFeaturesCollator, cache_tower_features
 from i2moe.hub import FIGURE_NAME, ModelCardTrainerMixin
 from i2moe.interpretation import interpret
 from i2moe.metrics import load_metric
@@ -85,6 +87,14 @@ class ModelArguments:
                                         "smaller is faster on CPU, at some cost in accuracy."},
     )
     freeze_towers: bool = field(default=True, metadata={"help": "Keep pretrained towers fixed (train projections and fusion only)."})
+    cache_tower_features: bool = field(
+        default=True, metadata={"help": "Run each frozen tower once over the data and train on its saved outputs "
+                                        "(i2moe.caching; ~/.cache/i2moe/features) instead of running it every epoch."},
+    )
+    unimodal_baselines: bool = field(
+        default=False, metadata={"help": "Also train and score one model per modality alone (same settings, method "
+                                         "vanilla): the baselines the multimodal model must beat."},
+    )
     image_num_tokens: int = field(default=1, metadata={"help": "Tokens the image modality contributes (1 = pooled)."})
     text_num_tokens: int = field(default=1, metadata={"help": "Tokens the text modality contributes (1 = pooled)."})
 
@@ -94,7 +104,10 @@ class DataArguments:
     dataset: str = field(default="fashion", metadata={"help": "Dataset: one of DATASETS (fashion, avmnist)."})
     data_dir: str | None = field(default=None, metadata={"help": "Data root (default: $I2MOE_DATA_DIR or ../shared/data)."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the dataset's fixed train/validation/test split."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where built datasets are cached (default ~/.cache/i2moe/datasets)."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where built datasets are cached (default ~/.cache/i2moe/datasets), and under "
+                                        "its `tower-features/` the cached tower outputs (default ~/.cache/i2moe/features)."},
+    )
     target: str = field(default="articleType", metadata={"help": "Fashion: the column to predict."})
     min_count: int = field(default=20, metadata={"help": "Fashion: classes with fewer products are merged into 'other'."})
     tabular_columns: list[str] = field(
@@ -104,8 +117,9 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation samples."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Use only the first N test samples."})
-    eval_missing_modality: str | None = field(
-        default=None, metadata={"help": "Also evaluate validation and test with this modality removed from every sample."}
+    eval_missing_modality: list[str] = field(
+        default_factory=list, metadata={"help": "Also evaluate validation and test with each of these modalities removed "
+                                                "from every sample."}
     )
 
 
@@ -200,20 +214,6 @@ def build_model(task: Task, model_args: ModelArguments) -> I2MoEForClassificatio
     return I2MoEForClassification(config, towers=pretrained)
 
 
-class MultimodalCollator:
-    """Raw rows -> model inputs through the processor; the modality named `missing` is removed from
-    every row (evaluation with a modality missing). Modality dropout in training is the model's
-    (`config.modality_dropout`)."""
-
-    def __init__(self, processor: I2MoEProcessor, missing: str | None = None):
-        self.processor, self.missing = processor, missing
-
-    def __call__(self, rows: list[dict]):
-        samples = [{**{name: row.get(name) for name in self.processor.modality_names if name != self.missing},
-                    "labels": row["labels"]} for row in rows]
-        return self.processor(samples)
-
-
 class MultimodalTrainer(ModelCardTrainerMixin, Trainer):
     """Trainer that saves the I2MoE processor with every checkpoint and the final model, and whose
     `push_to_hub` / `create_model_card` write the I2MoE model card (`i2moe.hub.ModelCardTrainerMixin`).
@@ -262,8 +262,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--dataset must be one of {sorted(DATASETS)}, got {data_args.dataset!r}")
     set_seed(training_args.seed)
     task = DATASETS[data_args.dataset](data_args, model_args)
-    if data_args.eval_missing_modality not in (None, *task.processors):
-        raise ValueError(f"--eval_missing_modality must be one of {list(task.processors)}, got {data_args.eval_missing_modality!r}")
+    unknown = sorted(set(data_args.eval_missing_modality) - set(task.processors))
+    if unknown:
+        raise ValueError(f"--eval_missing_modality: unknown modality {unknown}; this dataset has {list(task.processors)}")
     splits = {}
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples),
                          ("test", data_args.max_test_samples)):
@@ -273,6 +274,13 @@ def main(argv: list[str] | None = None) -> dict:
     processor = I2MoEProcessor(task.processors, text_max_length=data_args.text_max_length)
     logger.info(f"{processor}\ntrainable parameters: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} "
                 f"of {model.num_parameters():,}")
+    # Frozen towers: their outputs computed once (and saved for the next run) instead of every epoch.
+    cached = [m.name for m in model.config.modalities if m.freeze] if model_args.cache_tower_features else []
+    if cached:
+        feature_cache = os.path.join(data_args.cache_dir, "tower-features") if data_args.cache_dir else None
+        splits = {split: cache_tower_features(model, processor, data, modalities=cached, cache_dir=feature_cache,
+                                              batch_size=training_args.per_device_eval_batch_size)
+                  for split, data in splits.items()}
 
     trainer = MultimodalTrainer(
         model=model,
@@ -280,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_dataset=splits["train"] if training_args.do_train else None,
         eval_dataset=splits["validation"] if training_args.do_eval else None,
         processor=processor,
-        data_collator=MultimodalCollator(processor),
+        data_collator=CachedFeaturesCollator(processor, cached),
         compute_metrics=compute_metrics_fn(),
     )
 
@@ -296,20 +304,24 @@ def main(argv: list[str] | None = None) -> dict:
     evaluations = [("eval", "validation", None)] if training_args.do_eval else []
     if training_args.do_predict:
         evaluations.append(("test", "test", None))
-    if data_args.eval_missing_modality:
-        missing = data_args.eval_missing_modality
-        evaluations += [(f"{prefix}_without_{missing}", split, missing) for prefix, split, _ in list(evaluations)]
+    evaluations += [(f"{prefix}_without_{missing}", split, missing) for missing in data_args.eval_missing_modality
+                    for prefix, split, _ in list(evaluations)]
     for prefix, split, missing in evaluations:
-        trainer.data_collator = MultimodalCollator(processor, missing=missing)
+        trainer.data_collator = CachedFeaturesCollator(processor, cached, missing=missing)
         metrics = trainer.evaluate(eval_dataset=splits[split], metric_key_prefix=prefix)
         trainer.log_metrics(prefix, metrics)
         trainer.save_metrics(prefix, metrics)
         results.update(metrics)
 
+    if model_args.unimodal_baselines and training_args.do_train:
+        for name in task.towers:
+            results.update(train_unimodal_baseline(name, task, model_args, training_args, splits, cached,
+                                                   processor, [split for _, split, missing in evaluations if missing is None]))
+
     # The model card (README.md, and the interaction-composition figure beside it) in output_dir; with
     # --push_to_hub (and --hub_model_id) it is uploaded with the model, the processor and their code.
     if training_args.do_train and trainer.is_world_process_zero():
-        card_settings = model_card_settings(trainer, task, splits, evaluations, results, processor)
+        card_settings = model_card_settings(trainer, task, splits, evaluations, results, CachedFeaturesCollator(processor, cached))
         if training_args.push_to_hub:
             trainer.push_to_hub(**card_settings)
         else:
@@ -317,8 +329,30 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def train_unimodal_baseline(name: str, task: Task, model_args: ModelArguments, training_args: TrainingArguments,
+                            splits: dict, cached: list[str], processor: I2MoEProcessor, scored: list[str]) -> dict:
+    """Modality `name` alone: a vanilla model of the same settings on that modality only, trained as
+    the main model was (same data, epochs, optimiser); its metrics as `{split}_only_{name}_*`."""
+    single = Task(task.dataset, task.label_names, {name: task.towers[name]}, {name: task.processors[name]},
+                  num_tokens={name: task.num_tokens.get(name, 1)})
+    model = build_model(single, dataclasses.replace(model_args, method="vanilla", modality_dropout=0.0))
+    only = I2MoEProcessor(single.processors, text_max_length=processor.text_max_length)
+    args = dataclasses.replace(training_args, output_dir=os.path.join(training_args.output_dir, f"only_{name}"),
+                               save_strategy="no", push_to_hub=False)
+    collator = CachedFeaturesCollator(only, [modality for modality in cached if modality == name])
+    trainer = Trainer(model=model, args=args, train_dataset=splits["train"], data_collator=collator,
+                      compute_metrics=compute_metrics_fn())
+    trainer.train()
+    prefix = {"validation": "eval", "test": "test"}
+    metrics = {}
+    for split in scored:
+        metrics.update(trainer.evaluate(eval_dataset=splits[split], metric_key_prefix=f"{prefix[split]}_only_{name}"))
+    trainer.log_metrics(f"only_{name}", metrics)
+    return metrics
+
+
 def model_card_settings(trainer, task: Task, splits: dict, evaluations: list, results: dict,
-                        processor: I2MoEProcessor) -> dict:
+                        collator: CachedFeaturesCollator) -> dict:
     """The model card's results (the test split when scored, else validation), the same split under
     each missing-modality condition, and for I2MoE / DMIL the interaction composition on that split."""
     scored = [(prefix, split) for prefix, split, missing in evaluations if missing is None]
@@ -327,15 +361,20 @@ def model_card_settings(trainer, task: Task, splits: dict, evaluations: list, re
         return settings
     prefix, split = scored[-1]
     settings.update(eval_split=split, eval_results={k: v for k, v in results.items() if k.startswith(f"{prefix}_")
-                                                    and not k.startswith(f"{prefix}_without_")})
+                                                    and not k.startswith((f"{prefix}_without_", f"{prefix}_only_"))})
     settings["additional_results"] = {
         f"{split}, without {missing}": {k.replace(f"{other}_", f"{prefix}_", 1): v for k, v in results.items()
                                          if k.startswith(f"{other}_")}
         for other, other_split, missing in evaluations if missing is not None and other == f"{prefix}_without_{missing}"
     }
+    for name in task.towers:  # the unimodal baselines, when trained
+        alone = {k.replace(f"{prefix}_only_{name}_", f"{prefix}_", 1): v for k, v in results.items()
+                 if k.startswith(f"{prefix}_only_{name}_")}
+        if alone:
+            settings["additional_results"][f"{split}, a model of {name} alone (baseline)"] = alone
     if trainer.model.config.method in ("i2moe", "dmil"):
         interpretation = interpret(trainer.model, splits[split], batch_size=trainer.args.per_device_eval_batch_size,
-                                   collate_fn=MultimodalCollator(processor), progress=False)
+                                   collate_fn=collator, progress=False)
         interpretation.to_json(os.path.join(trainer.args.output_dir, f"interpretation_{split}.json"))
         settings.update(interpretation_summary=interpretation, interpretation_split=split)
         try:

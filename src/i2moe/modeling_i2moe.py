@@ -45,6 +45,7 @@ from .experts_i2moe import I2MoEInteraction  # noqa: F401  and saves their files
 from .fusion_i2moe import InteractionOutput, TokenLayout
 from .i2m2_i2moe import I2M2UnimodalHeads, assemble_i2m2, combine_i2m2
 from .noise_i2moe import CounterNoise, uniform
+from .pipeline_i2moe import CUSTOM_PIPELINES  # (registers the pipeline task, and saves its file as remote code)
 from .registry_i2moe import INTERACTIONS
 
 
@@ -163,6 +164,8 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
 
     def __init__(self, config: I2MoEConfig, towers: dict[str, PreTrainedModel] | None = None):
         super().__init__(config)
+        # Saved with the config: `pipeline("multimodal-classification", model=folder, trust_remote_code=True)`.
+        config.custom_pipelines = {task: dict(spec) for task, spec in CUSTOM_PIPELINES.items()}
         towers = dict(towers or {})
         unknown = sorted(set(towers) - set(config.modality_names))
         if unknown:
