@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import itertools
 import json
 import warnings
 from collections.abc import Mapping

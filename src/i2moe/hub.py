@@ -621,7 +621,8 @@ def _limitations_section(model) -> str:
         "sees every modality and can itself combine experts that are each weak (on a synthetic XOR task I2MoE "
         "routes between uniqueness experts instead of using its synergy expert), so check each expert's own "
         "accuracy (`interpret(...).summary()['component_accuracy']`) before reading a weight as the data's "
-        "interaction type.",
+        "interaction type, or measure that type with `i2moe.attribution.attribute` (see the attribution section, "
+        "where given).",
         f"- **Domain.** Trained for {config.num_labels} {'outputs' if config.num_labels > 1 else 'output'} on the "
         "dataset named above; other label sets or input distributions need fine-tuning.",
         "- **Remote code.** Without the `i2moe` package, loading runs this repository's Python files "
