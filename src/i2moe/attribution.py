@@ -2,7 +2,7 @@
 
 A model trained with modality dropout predicts from any subset S of its modalities (absent
 modalities are its learned null tokens). `attribute` evaluates every subset per sample and
-decomposes the log-likelihood gain of the explained label (docs/interpretation.md, METHODS.md §4):
+decomposes the log-likelihood gain of the explained label (docs/interpretation.md):
 
 - `v(S) = log p(y | x_S)` for every nonempty S; `v(∅) = log p(y)` from the label prior;
   `i(S) = v(S) − v(∅)`, in nats.
