@@ -8,7 +8,8 @@ import pytest
 
 
 MODULES = ["configuration_i2moe", "fusion_i2moe", "towers_i2moe", "modeling_i2moe", "processing_i2moe", "dmil_i2moe",
-           "dmil_training", "hub", "i2m2_i2moe", "experts_i2moe", "interpretation", "synthetic"]
+           "dmil_training", "hub", "i2m2_i2moe", "experts_i2moe", "interpretation", "synthetic",
+           "attribution"]
 
 
 class FencedDocTestParser(doctest.DocTestParser):

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 CARD_NAME = "README.md"
 FIGURE_NAME = "interaction_composition.png"
+ATTRIBUTION_FIGURE_NAME = "interaction_attribution.png"
 # The tower input a modality takes tells its kind when no processor is given.
 _KIND_OF_TOWER_INPUT = {"input_ids": "text", "pixel_values": "image", "input_values": "audio",
                         "input_features": "audio", "features": "features"}
@@ -77,6 +78,9 @@ def build_model_card(
     interpretation_summary: Mapping[str, Any] | None = None,
     interpretation_split: str | None = None,
     figure_path: str | Path | None = None,
+    attribution_summary: Mapping[str, Any] | None = None,
+    attribution_split: str | None = None,
+    attribution_figure_path: str | Path | None = None,
     training_args: TrainingArguments | Mapping[str, Any] | None = None,
     license: str | None = "apache-2.0",
     pipeline_tag: str | None = None,
@@ -104,6 +108,12 @@ def build_model_card(
         interpretation_split: the split the composition was measured on.
         figure_path: the composition plot; shown in the card as `interaction_composition.png`
             (`save_for_hub` copies it beside the card).
+        attribution_summary: the interaction attribution (`i2moe.attribution.AttributionResult`
+            or its `summary()`): mean redundancy, uniqueness and synergy in nats, overall and per
+            class, and for I2MoE / DMIL what each component's own logits carry.
+        attribution_split: the split the attribution was measured on.
+        attribution_figure_path: an attribution plot (e.g. `i2moe.plots.plot_attribution_by_class`);
+            shown as `interaction_attribution.png` (`save_for_hub` copies it beside the card).
         training_args: `TrainingArguments` or a `{setting: value}` mapping for the training table.
         license, pipeline_tag, tags: Hub metadata; `pipeline_tag` defaults to the classification
             task of the modalities' kind when they share one, else `"other"`.
@@ -155,6 +165,7 @@ def build_model_card(
         _model_section(model, kinds, sources),
         _results_section(results, additional_results, dataset_name, eval_split),
         _interpretation_section(interpretation_summary, figure_path, config, interpretation_split),
+        _attribution_section(attribution_summary, attribution_figure_path, attribution_split),
         _training_section(training_args, model),
         _limitations_section(model),
         _usage_section(model, repo_id or f"your-org/{model_name}", processor, kinds),
@@ -183,6 +194,8 @@ def save_for_hub(
         processor.save_pretrained(save_directory)
     if figure_path is not None:
         _copy_figure(figure_path, save_directory)
+    if card_kwargs.get("attribution_figure_path") is not None:
+        _copy_figure(card_kwargs["attribution_figure_path"], save_directory, ATTRIBUTION_FIGURE_NAME)
     if card is None:
         card = build_model_card(model, processor=processor, figure_path=figure_path, **card_kwargs)
     elif card_kwargs:
@@ -234,13 +247,14 @@ def push_to_hub(
                                  revision=revision, create_pr=create_pr)
 
 
-def _copy_figure(figure_path, folder: Path) -> None:
-    """The composition figure into `folder` under `FIGURE_NAME` (unless it is already that file)."""
+def _copy_figure(figure_path, folder: Path, name: str = FIGURE_NAME) -> None:
+    """A card figure into `folder` under `name` (unless it is already that file)."""
     figure_path = Path(figure_path)
     if not figure_path.is_file():
-        raise FileNotFoundError(f"figure_path: {figure_path} does not exist")
-    if figure_path.resolve() != (folder / FIGURE_NAME).resolve():
-        shutil.copyfile(figure_path, folder / FIGURE_NAME)
+        field = "figure_path" if name == FIGURE_NAME else "attribution_figure_path"
+        raise FileNotFoundError(f"{field}: {figure_path} does not exist")
+    if figure_path.resolve() != (folder / name).resolve():
+        shutil.copyfile(figure_path, folder / name)
 
 
 class ModelCardTrainerMixin:
@@ -304,6 +318,8 @@ class ModelCardTrainerMixin:
             eval_results = next((entry for entry in reversed(self.state.log_history) if "eval_loss" in entry), None)
         if figure_path is not None:
             _copy_figure(figure_path, output_dir)
+        if card_settings.get("attribution_figure_path") is not None:
+            _copy_figure(card_settings["attribution_figure_path"], output_dir, ATTRIBUTION_FIGURE_NAME)
         card = build_model_card(
             model,
             repo_id=getattr(self, "hub_model_id", None) or self.args.hub_model_id or model_name,
@@ -529,6 +545,56 @@ def _interpretation_section(summary, figure_path, config, split: str | None) -> 
     ]) + figure + "\n\nThe weights describe which interaction type the model uses, not causal effects of the modalities."
 
 
+def _attribution_section(summary, figure_path, split: str | None) -> str:
+    if summary is None:
+        return ""
+    if callable(getattr(summary, "summary", None)):  # an `AttributionResult`
+        summary = summary.summary()
+    missing = sorted({"component_names", "overall", "prior_source", "explained"} - set(summary))
+    if missing:
+        raise ValueError(f"attribution_summary: missing {missing}; expected `AttributionResult.summary()` "
+                         "(i2moe.attribution) or the result itself")
+    names = list(summary["component_names"])
+    overall = summary["overall"]
+
+    def cells(means: Mapping[str, float]) -> str:
+        top = max(names, key=means.__getitem__)
+        return " | ".join(f"**{means[n]:.3f}**" if n == top else f"{means[n]:.3f}" for n in names)
+
+    rows = ["| samples | " + " | ".join(f"`{name}`" for name in names) + " |", "|---" * (len(names) + 1) + "|",
+            f"| **all** (n={summary.get('num_samples', '?')}), mean (nats) | {cells(overall['mean'])} |",
+            "| **all**, share of samples it dominates | "
+            + " | ".join(f"{overall['share_dominant'][n]:.1%}" for n in names) + " |"]
+    grouped_by = {"label": "true class", "prediction": "predicted class"}.get(summary.get("grouped_by"), "class")
+    rows += [f"| {grouped_by} = {label}, mean | {cells(stats['mean'])} |"
+             for label, stats in (summary.get("per_class") or {}).items()]
+    components = summary.get("model_components") or {}
+    component_lines = []
+    if components:
+        component_lines = ["", "What each of the model's components carries (the attribution of its own logits), "
+                           "beside the weight the model gives it:", "", "| component | mean weight | carries most |",
+                           "|---|---|---|"]
+        component_lines += [f"| `{name}` | {stats['mean_weight']:.3f} | `{stats['dominant_type']}` "
+                            f"({stats['mean_values'][stats['dominant_type']]:.3f} nats) |"
+                            for name, stats in components.items()]
+    on = f" on the {split} split" if split else ""
+    dropout = summary.get("modality_dropout")
+    figure = (f"\n\n![Interaction attribution]({ATTRIBUTION_FIGURE_NAME})" if figure_path is not None else "")
+    return "\n".join([
+        "## Interaction attribution", "",
+        f"Each sample's log-likelihood gain over the label prior (`{summary['prior_source']}`), for its "
+        f"{summary['explained']}, split by evaluating the model with every subset of its modalities (absent = null "
+        f"tokens) into redundancy, uniqueness and synergy, in nats (`i2moe.attribution`; docs/interpretation.md){on}. "
+        f"Mean information in all: {summary.get('mean_information', float('nan')):.3f} nats; the largest mean term is "
+        f"`{summary['dominant_type']}` (bold: the largest per row). "
+        + (f"The model was trained with modality dropout {dropout}." if dropout else
+           "**The model was not trained with modality dropout: predictions from a subset of the modalities, and so "
+           "these values, are not reliable.**"), "",
+        *rows, *component_lines,
+    ]) + figure + ("\n\nThe values describe the model: they describe the data only as far as the model has learned "
+                   "it (a model at chance attributes nothing).")
+
+
 def _training_section(training_args, model) -> str:
     if training_args is None:
         return ""
@@ -555,7 +621,8 @@ def _limitations_section(model) -> str:
         "sees every modality and can itself combine experts that are each weak (on a synthetic XOR task I2MoE "
         "routes between uniqueness experts instead of using its synergy expert), so check each expert's own "
         "accuracy (`interpret(...).summary()['component_accuracy']`) before reading a weight as the data's "
-        "interaction type.",
+        "interaction type, or measure that type with `i2moe.attribution.attribute` (see the attribution section, "
+        "where given).",
         f"- **Domain.** Trained for {config.num_labels} {'outputs' if config.num_labels > 1 else 'output'} on the "
         "dataset named above; other label sets or input distributions need fine-tuning.",
         "- **Remote code.** Without the `i2moe` package, loading runs this repository's Python files "

@@ -16,6 +16,10 @@ interaction": the reweighting model sees every modality, so it can route samples
 components (and the components can cancel each other's logits), which lets a mixture of
 components that are each at chance solve a task none of them solves alone. A component that
 carries a prediction is accurate on its own; `component_accuracy` shows which ones are.
+For what the data and the model carry, whatever the method, use the other half of the
+interpretation API, `i2moe.attribution.attribute` (docs/interpretation.md): it measures each
+sample's redundancy, uniqueness and synergy from the model's predictions on every subset of its
+modalities, and attributes each I2MoE / DMIL component's own logits beside its weight.
 
 Example:
 
