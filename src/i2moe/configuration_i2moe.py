@@ -217,6 +217,9 @@ class I2MoEConfig(PreTrainedConfig):
         i2moe_temperature (`float`): I2MoE: softmax temperature of the reweighting model.
         i2moe_reweight_hidden_size (`int`), i2moe_reweight_num_layers (`int`),
         i2moe_reweight_dropout (`float`): I2MoE: the reweighting MLP (number of linear layers).
+        i2moe_expert_loss_weight (`float`): I2MoE: weight of the experts' own task losses (mean over experts).
+        i2moe_balance_weight (`float`): I2MoE: weight of `log K - H(mean expert weights)` (load balancing).
+        i2moe_reweight_warmup_steps (`int`): I2MoE: training steps with equal expert weights first.
         num_labels, id2label, label2id, problem_type: as in every transformers classifier;
             `problem_type` is `"single_label_classification"`, `"multi_label_classification"`
             or `"regression"` (inferred from `num_labels` and the labels when left unset).
@@ -264,6 +267,12 @@ class I2MoEConfig(PreTrainedConfig):
     i2moe_reweight_hidden_size: int = 128
     i2moe_reweight_num_layers: int = 2
     i2moe_reweight_dropout: float = 0.1
+    # Weight of each expert's own task loss (mean over experts), added to the mixture's (issue 14).
+    i2moe_expert_loss_weight: float = 0.0
+    # Weight of the load-balancing term log K - H(batch-mean expert weights) (issue 14).
+    i2moe_balance_weight: float = 0.0
+    # Training forward passes with equal expert weights before the reweighting model is used (issue 14).
+    i2moe_reweight_warmup_steps: int = 0
 
     # --- I2M2 unimodal heads ---
     # One unimodal classifier per modality combined with the interaction part as a product of
@@ -459,8 +468,13 @@ def _validate_i2moe(config: "I2MoEConfig") -> None:
         raise ValueError(
             f"I2MoEConfig: `i2moe_perturbation` must be one of {PERTURBATIONS}, got {config.i2moe_perturbation!r}"
         )
-    for field in ("i2moe_lambda_int", "i2moe_margin"):
+    for field in ("i2moe_lambda_int", "i2moe_margin", "i2moe_expert_loss_weight", "i2moe_balance_weight"):
         _require_number(field, getattr(config, field), minimum=0.0)
+    if isinstance(config.i2moe_reweight_warmup_steps, bool) or not isinstance(config.i2moe_reweight_warmup_steps, int) \
+            or config.i2moe_reweight_warmup_steps < 0:
+        raise ValueError(
+            f"I2MoEConfig: `i2moe_reweight_warmup_steps` must be an int >= 0, got {config.i2moe_reweight_warmup_steps!r}"
+        )
     _require_number("i2moe_temperature", config.i2moe_temperature, minimum=0.0, inclusive=False)
     for field in ("i2moe_reweight_hidden_size", "i2moe_reweight_num_layers"):
         _require_positive_int(field, getattr(config, field), "I2MoEConfig")

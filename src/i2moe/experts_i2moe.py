@@ -20,6 +20,8 @@ This file travels with saved models as Hub remote code: it imports only torch an
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,6 +58,13 @@ class ReweightingModel(nn.Module):
         logits = torch.addmm(self.output.bias, self.hidden(features), self.output.weight.T, beta=scale, alpha=scale)
         # Softmax in float32: the weights are reported and must sum to 1 under bf16 autocast too.
         return torch.softmax(logits.float(), dim=-1)
+
+
+def weight_balance_loss(weights: torch.Tensor) -> torch.Tensor:
+    """`log K - H(mean_b w)`: zero when the batch uses every expert equally on average, `log K` when it
+    uses one expert only. Per sample the weights may still route (as MoE load-balancing terms)."""
+    usage = weights.float().mean(0)
+    return math.log(weights.shape[-1]) + (usage * usage.clamp_min(1e-12).log()).sum()
 
 
 class I2MoEInteraction(nn.Module):
@@ -102,6 +111,9 @@ class I2MoEInteraction(nn.Module):
         self.perturbation = config.i2moe_perturbation
         self.margin = config.i2moe_margin
         self.lambda_int = config.i2moe_lambda_int
+        self.expert_loss_weight = config.i2moe_expert_loss_weight
+        self.balance_weight = config.i2moe_balance_weight
+        self.warmup_steps = config.i2moe_reweight_warmup_steps
         self.regression = config.problem_type == "regression" or (
             config.problem_type is None and config.num_labels == 1
         )
@@ -117,6 +129,8 @@ class I2MoEInteraction(nn.Module):
             variant_mask[index + 1, layout.token_slice(index)] = True
         self.register_buffer("variant_mask", variant_mask[:, None, :, None], persistent=False)
         self._register_loss_constants(num_modalities, num_experts)
+        # Training forward passes seen, for the reweighting warm-up (not saved: a reloaded model is trained).
+        self.register_buffer("training_steps", torch.zeros((), dtype=torch.long), persistent=False)
 
     def _register_loss_constants(self, num_modalities: int, num_experts: int) -> None:
         """Fixed matrices of `interaction_loss_terms` (buffers, so they follow `.to(device)`)."""
@@ -158,6 +172,11 @@ class I2MoEInteraction(nn.Module):
                 labels: torch.Tensor | None = None) -> InteractionOutput:
         batch = tokens.shape[0]
         weights = self.reweighting(self.modality_mean(tokens).flatten(1))  # (B, K)
+        if self.training and self.warmup_steps:
+            if int(self.training_steps) < self.warmup_steps:
+                # Warm-up: equal weights, so every expert gets the task gradient before any routing.
+                weights = torch.full_like(weights, 1.0 / self.num_experts) + 0.0 * weights
+            self.training_steps += 1
         extra = {"expert_weights": weights}
         auxiliary_loss = None
         if self.training:
@@ -170,14 +189,32 @@ class I2MoEInteraction(nn.Module):
                 losses = self.interaction_loss_terms(outputs, present)
             interaction_loss = losses.mean()
             auxiliary_loss = self.lambda_int * interaction_loss
+            terms = {**dict(zip(self.component_names, losses.unbind(0))), "interaction": interaction_loss}
+            if self.balance_weight:
+                terms["balance"] = weight_balance_loss(weights)
+                auxiliary_loss = auxiliary_loss + self.balance_weight * terms["balance"]
+            if self.expert_loss_weight and labels is not None:
+                terms["expert_task"] = self.expert_task_loss(clean, labels)
+                auxiliary_loss = auxiliary_loss + self.expert_loss_weight * terms["expert_task"]
             extra["interaction_loss"] = interaction_loss
-            extra["loss_terms"] = {**dict(zip(self.component_names, losses.unbind(0))), "interaction": interaction_loss}
+            extra["loss_terms"] = terms
         else:
             clean = self.experts(tokens[None])  # (K, B, C)
         expert_logits = clean.transpose(0, 1)  # (B, K, C)
         extra["expert_logits"] = expert_logits
         logits = torch.bmm(weights.to(expert_logits.dtype)[:, None, :], expert_logits).squeeze(1)
         return InteractionOutput(logits=logits, auxiliary_loss=auxiliary_loss, extra_outputs=extra)
+
+    def expert_task_loss(self, expert_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each expert's own task loss on the clean input, averaged over the K experts: `expert_logits`
+        `(K, B, C)`. Without it an expert is trained for the task only through its weight, and the
+        mixture collapses onto the expert that learns first (docs/i2moe.md, "Collapse")."""
+        logits = expert_logits.float().flatten(0, 1)  # (K·B, C)
+        if self.regression:
+            return F.mse_loss(logits, labels.float().reshape(1, -1, logits.shape[-1]).expand(self.num_experts, -1, -1).flatten(0, 1))
+        if labels.is_floating_point() and labels.dim() == 2:  # multi-label: one 0/1 target per class
+            return F.binary_cross_entropy_with_logits(logits, labels.float().repeat(self.num_experts, 1))
+        return F.cross_entropy(logits, labels.repeat(self.num_experts))
 
     def replacement(self, tokens: torch.Tensor, null_tokens: torch.Tensor) -> torch.Tensor:
         """What a perturbed modality's tokens become, `(B or 1, T, d)`; each variant uses only its
@@ -238,4 +275,4 @@ class I2MoEInteraction(nn.Module):
         return pairs / pairs.sum((1, 2), keepdim=True).clamp_min(1.0)
 
 
-__all__ = ["I2MoEInteraction", "PERTURBATIONS", "ReweightingModel", "expert_names"]
+__all__ = ["I2MoEInteraction", "PERTURBATIONS", "ReweightingModel", "expert_names", "weight_balance_loss"]
