@@ -22,6 +22,7 @@ it stopped and a later session can add seeds or a larger budget (`--avmnist_trai
     python benchmarks/methods_suite.py --suite planted3 --seeds 0 1
     python benchmarks/methods_suite.py --suite avmnist --seeds 0 --avmnist_train 3000 --avmnist_epochs 4
     python benchmarks/methods_suite.py --summarise      # the tables, from the JSON lines
+    python benchmarks/methods_suite.py --markdown       # the same as markdown (docs)
 """
 
 from __future__ import annotations
@@ -182,7 +183,11 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=40, help="AV-MNIST batch size")
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--summarise", action="store_true", help="only print the tables")
+    parser.add_argument("--markdown", action="store_true", help="only print the tables as markdown (for the docs)")
     args = parser.parse_args()
+    if args.markdown:
+        markdown_tables()
+        return
     if not args.summarise:
         torch.set_num_threads(1)
         run_suite(args)
@@ -235,6 +240,24 @@ def summarise() -> None:
                 values = [round(100 * row["test_accuracy"], 2) for row in group]
                 print(f"  {kind:14s} {method:13s} {100 * median([row['test_accuracy'] for row in group]):6.2f} "
                       f"gap {gap}  {values}")
+
+
+def markdown_tables() -> None:
+    """One markdown table per (suite, budget): kinds as rows, methods as columns, each cell the median
+    test accuracy (%) over seeds and the number of seeds."""
+    rows = read_rows(RESULTS)
+    for suite, budget in sorted({(row["suite"], row["budget"]) for row in rows}):
+        subset = [row for row in rows if row["suite"] == suite and row["budget"] == budget]
+        methods = list(dict.fromkeys(row["method"] for row in subset))
+        print(f"\n{suite}, {budget}: median test accuracy (%) over seeds (number of seeds)\n")
+        print("| kind | " + " | ".join(methods) + " |")
+        print("|---" * (len(methods) + 1) + "|")
+        for kind in dict.fromkeys(row["kind"] for row in subset):
+            cells = []
+            for method in methods:
+                values = [row["test_accuracy"] for row in subset if row["kind"] == kind and row["method"] == method]
+                cells.append(f"{100 * median(values):.2f} ({len(values)})" if values else "—")
+            print(f"| {kind} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
