@@ -12,6 +12,11 @@ Appends one JSON line per (variant, seed, budget) to `benchmarks/results/i2moe_a
 
     python benchmarks/i2moe_ablation.py --seeds 0 1 --train_samples 3000 --epochs 3
     python benchmarks/i2moe_ablation.py --seeds 0 1 --variants vanilla default expert_loss_1
+    python benchmarks/i2moe_ablation.py --seeds 0 1 --xor   # does each expert still specialise?
+
+`--xor` instead trains the tiny synthetic XOR I2MoE of `i2moe.synthetic` (300 steps at 3e-3, as
+`tests/test_i2moe.py`) with expert task loss 0 and 1 and records each expert's own accuracy: with
+the expert loss, do the uniqueness experts learn the interaction themselves?
 """
 
 from __future__ import annotations
@@ -90,6 +95,16 @@ def run(variant: str, seed: int, args) -> dict:
     return row
 
 
+def run_xor(expert_loss_weight: float, seed: int) -> dict:
+    from i2moe.synthetic import interpret_synthetic, train_synthetic
+
+    model = train_synthetic("synergy", steps=300, lr=3e-3, seed=seed, i2moe_expert_loss_weight=expert_loss_weight)
+    summary = interpret_synthetic(model, "synergy").summary()
+    return {"test_accuracy": round(summary["accuracy"], 4),
+            "expert_accuracy": {name: round(value, 3) for name, value in summary["component_accuracy"].items()},
+            "mean_weight": {name: round(value, 3) for name, value in summary["overall"]["mean_weight"].items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -103,8 +118,19 @@ def main() -> None:
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--snr_db", type=float, default=AVMNISTRecipe.snr_db)
+    parser.add_argument("--xor", action="store_true", help="the synthetic XOR specialisation check instead")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.xor:
+        done = finished_keys(RESULTS, ("variant", "seed", "budget"))
+        for weight in (0.0, 1.0):
+            for seed in args.seeds:
+                key = (f"xor_expert_loss_{weight:g}", seed, "synthetic-xor-300steps")
+                if key not in done:
+                    row = {"variant": key[0], "seed": seed, "budget": key[2], **run_xor(weight, seed)}
+                    append_row(RESULTS, row)
+                    print(row, flush=True)
+        return
     budget = f"{args.train_samples}rows-{args.epochs}ep"
     key_fields = ("variant", "seed", "budget")
     done = finished_keys(RESULTS, key_fields)
