@@ -195,7 +195,6 @@ def main() -> None:
 
 
 def run_suite(args) -> None:
-    done = finished_keys(RESULTS, KEY_FIELDS)
     if args.suite == "avmnist":
         budget = f"{args.avmnist_train}rows-{args.avmnist_epochs}ep-adamw{args.avmnist_lr:g}"
         jobs = [("avmnist", method, seed) for seed in args.seeds for method in (args.methods or AVMNIST_METHODS)]
@@ -206,7 +205,8 @@ def run_suite(args) -> None:
         kinds = args.kinds or planted_kinds(num_modalities)
         jobs = [(kind, method, seed) for seed in args.seeds for kind in kinds for method in (args.methods or PLANTED_METHODS)]
     for kind, method, seed in jobs:
-        if (args.suite, kind, method, seed, budget) in done:
+        # Read again before each row: another process may be filling the same file.
+        if (args.suite, kind, method, seed, budget) in finished_keys(RESULTS, KEY_FIELDS):
             continue
         start = time.time()
         if args.suite == "avmnist":
