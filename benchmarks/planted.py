@@ -203,5 +203,6 @@ def read_rows(path) -> list[dict]:
 
 
 __all__ = [
-    "MODALITIES", "append_row", "evaluate", "finished_keys", "median", "read_rows", "planted_config", "planted_data", "planted_kinds", "train_dmil", "train_epochs",
+    "MODALITIES", "append_row", "evaluate", "finished_keys", "median", "planted_config", "planted_data", "planted_kinds",
+    "read_rows", "train_dmil", "train_epochs",
 ]

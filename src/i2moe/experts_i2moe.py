@@ -211,7 +211,8 @@ class I2MoEInteraction(nn.Module):
         mixture collapses onto the expert that learns first (docs/i2moe.md, "Collapse")."""
         logits = expert_logits.float().flatten(0, 1)  # (K·B, C)
         if self.regression:
-            return F.mse_loss(logits, labels.float().reshape(1, -1, logits.shape[-1]).expand(self.num_experts, -1, -1).flatten(0, 1))
+            targets = labels.float().reshape(1, -1, logits.shape[-1]).expand(self.num_experts, -1, -1)
+            return F.mse_loss(logits, targets.flatten(0, 1))
         if labels.is_floating_point() and labels.dim() == 2:  # multi-label: one 0/1 target per class
             return F.binary_cross_entropy_with_logits(logits, labels.float().repeat(self.num_experts, 1))
         return F.cross_entropy(logits, labels.repeat(self.num_experts))
