@@ -53,7 +53,8 @@ def dmil_oracle(interaction, tokens, num_tokens, labels, noise):
         terms["kl_intra"] += oracles.kl_standard_normal(m_mean, m_logvar) + oracles.kl_standard_normal(n_mean, n_logvar)
         terms["reconstruction_intra"] += oracles.mse(decoded, v)
         terms["ce_unimodal"] += oracles.cross_entropy(logits, labels)
-        task.append(m_sample), task_mean.append(m_mean), inter.append(n_sample), unimodal.append(logits)
+        # The synergy reads the means of N_m (docs/dmil.md, "Synergy on the means"); the decoder the samples.
+        task.append(m_sample), task_mean.append(m_mean), inter.append(n_mean), unimodal.append(logits)
 
     features = inter + [inter[i] * inter[j] for i, j in itertools.combinations(range(num_modalities), 2)]
     synergy = oracles.mlp_head(torch.cat(features, -1), weights, "synergy.mlp", 0)

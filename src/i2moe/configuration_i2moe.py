@@ -281,6 +281,13 @@ class I2MoEExpertsConfig(_Settings):
         temperature (`float`): softmax temperature of the reweighting model.
         reweight_hidden_size (`int`), reweight_num_layers (`int`), reweight_dropout (`float`): the
             reweighting MLP (`num_layers` counts its linear layers).
+        expert_loss_weight (`float`): weight of the experts' own task losses (mean over experts), added
+            to the mixture's; 0 (the paper). Not the default: it closes part of the AV-MNIST gap but makes
+            each expert learn the whole task, so an expert's name no longer says what it carries
+            (docs/i2moe.md, "Collapse").
+        balance_weight (`float`): weight of the load-balancing term `log K - H(batch-mean weights)`; 0.
+        reweight_warmup_steps (`int`): training steps with equal expert weights before the reweighting
+            model is used; 0.
     """
 
     lambda_int: float = 0.1
@@ -290,12 +297,18 @@ class I2MoEExpertsConfig(_Settings):
     reweight_hidden_size: int = 128
     reweight_num_layers: int = 2
     reweight_dropout: float = 0.1
+    expert_loss_weight: float = 0.0
+    balance_weight: float = 0.0
+    reweight_warmup_steps: int = 0
 
     def __post_init__(self):
         if self.perturbation not in PERTURBATIONS:
             raise ValueError(f"I2MoEConfig: `i2moe.perturbation` must be one of {PERTURBATIONS}, got {self.perturbation!r}")
-        for field in ("lambda_int", "margin"):
+        for field in ("lambda_int", "margin", "expert_loss_weight", "balance_weight"):
             _require_number(f"i2moe.{field}", getattr(self, field), minimum=0.0)
+        if isinstance(self.reweight_warmup_steps, bool) or not isinstance(self.reweight_warmup_steps, int) \
+                or self.reweight_warmup_steps < 0:
+            raise ValueError(f"I2MoEConfig: `i2moe.reweight_warmup_steps` must be an int >= 0, got {self.reweight_warmup_steps!r}")
         _require_number("i2moe.temperature", self.temperature, minimum=0.0, inclusive=False)
         for field in ("reweight_hidden_size", "reweight_num_layers"):
             _require_positive_int(f"i2moe.{field}", getattr(self, field), "I2MoEConfig")
@@ -587,7 +600,7 @@ class I2MoEConfig(PreTrainedConfig):
 _FLAT_FIELDS = {
     **{f"i2moe_{name}": ("i2moe", name) for name in
        ("lambda_int", "perturbation", "margin", "temperature", "reweight_hidden_size", "reweight_num_layers",
-        "reweight_dropout")},
+        "reweight_dropout", "expert_loss_weight", "balance_weight", "reweight_warmup_steps")},
     **{f"dmil_{name}": ("dmil", name) for name in
        ("latent_size", "kl_weight", "reconstruction_weight", "alignment_weight", "stage", "stage2_component_weight",
         "stage3_component_weight", "stage3_unimodal_weight", "full_decomposition")},

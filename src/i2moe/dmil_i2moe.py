@@ -6,7 +6,7 @@ variational bottlenecks (VIBs), and the prediction is a gated sum of one head pe
 Level 1, intra-modality, per modality m: a task-relevant part M_m (with a unimodal head) and an
 inter part N_m (raw material for synergy), trained to reconstruct v_m from [M_m, N_m].
 
-Level 2, consistency, on the means of M_m and the sampled N_m:
+Level 2, consistency, on the means of M_m and N_m:
 - redundancy R = VIB(concat_m mu(M_m)), aligned with q(R | M_m) for every m;
 - uniqueness U_m = VIB(mu(M_m)), trained so that [R, U_m] reconstructs mu(M_m);
 - synergy S = MLP([N_1..N_M, N_i * N_j for i < j]) (the products make XOR-like synergy linearly
@@ -113,7 +113,7 @@ class DMILIntraModality(nn.Module):
         inter, inter_mean, inter_logvar = self.inter_vib(pooled, noise)
         reconstruction = self.decoder(torch.cat([task, inter], dim=-1))
         return {
-            "task": task, "task_mean": task_mean, "inter": inter,
+            "task": task, "task_mean": task_mean, "inter": inter, "inter_mean": inter_mean,
             "unimodal_logits": self.head(task),
             # Each term is summed over modalities (a stack axis averaged, times M).
             "kl_intra": pooled.shape[0] * (
@@ -271,7 +271,9 @@ class DMILInteraction(nn.Module):
         return InteractionOutput(logits=logits, interaction_loss=self._stage_loss(stage, terms), loss_terms=terms, **outputs)
 
     def _components(self, intra: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], noise) -> torch.Tensor:
-        synergy = self.synergy(intra["inter"])
+        # The synergy reads the means of N_m, as level 2 reads the means of M_m: a sampled N_m buried the
+        # symbols in unit noise and pure synergy stayed at chance (docs/dmil.md, "Synergy on the means").
+        synergy = self.synergy(intra["inter_mean"])
         if not self.full_decomposition:
             return torch.cat([intra["task_mean"], synergy[None]], dim=0)
         consistency = self.consistency(intra["task_mean"], noise)

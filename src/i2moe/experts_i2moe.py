@@ -20,6 +20,8 @@ This file travels with saved models as Hub remote code: it imports only torch an
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -98,6 +100,12 @@ class I2MoEInteraction(nn.Module):
         self.perturbation = settings.perturbation
         self.margin = settings.margin
         self.lambda_int = settings.lambda_int
+        self.expert_loss_weight = settings.expert_loss_weight
+        self.balance_weight = settings.balance_weight
+        self.warmup_steps = settings.reweight_warmup_steps
+        # Training forward passes seen, for the reweighting warm-up: a Python int, not a buffer
+        # (`from_pretrained` leaves non-persistent buffers uninitialised); a reloaded model starts again.
+        self.training_steps = 0
         self.regression = config.problem_type == "regression"
         self.experts = build_fusion(config, layout, num_stacks=num_experts)
         self.modality_mean = ModalityMean(layout)
@@ -160,8 +168,12 @@ class I2MoEInteraction(nn.Module):
                 labels: torch.Tensor | None = None, noise=None) -> InteractionOutput:
         batch = tokens.shape[0]
         weights = self.reweighting(self.modality_mean(tokens).flatten(1))  # (B, K)
+        if self.training and self.training_steps < self.warmup_steps:
+            # Warm-up: equal weights, so every expert gets the task gradient before any routing.
+            weights = torch.full_like(weights, 1.0 / self.num_experts) + 0.0 * weights
         interaction_loss = loss_terms = None
         if self.training:
+            self.training_steps += 1
             variants = torch.where(self.variant_mask, self.replacement(tokens, null_tokens, noise), tokens)
             outputs = self.experts(variants.view(1, -1, *tokens.shape[1:]))
             outputs = outputs.view(self.num_experts, self.num_modalities + 1, batch, -1)  # (K, V, B, C)
@@ -172,6 +184,12 @@ class I2MoEInteraction(nn.Module):
             unweighted = losses.mean()
             interaction_loss = self.lambda_int * unweighted
             loss_terms = {**dict(zip(self.component_names, losses.unbind(0))), "interaction": unweighted}
+            if self.balance_weight:
+                loss_terms["balance"] = weight_balance_loss(weights)
+                interaction_loss = interaction_loss + self.balance_weight * loss_terms["balance"]
+            if self.expert_loss_weight and labels is not None:
+                loss_terms["expert_task"] = self.expert_task_loss(clean, labels)
+                interaction_loss = interaction_loss + self.expert_loss_weight * loss_terms["expert_task"]
         else:
             clean = self.experts(tokens[None])  # (K, B, C)
         component_logits = clean.transpose(0, 1)  # (B, K, C)
@@ -180,6 +198,18 @@ class I2MoEInteraction(nn.Module):
             logits=logits, component_logits=component_logits, component_weights=weights,
             interaction_loss=interaction_loss, loss_terms=loss_terms,
         )
+
+    def expert_task_loss(self, expert_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each expert's own task loss on the clean input, averaged over the K experts: `expert_logits`
+        `(K, B, C)`. Without it an expert is trained for the task only through its weight, and the
+        mixture collapses onto the expert that learns first (docs/i2moe.md, "Collapse")."""
+        logits = expert_logits.float().flatten(0, 1)  # (K·B, C)
+        if self.regression:
+            targets = labels.float().reshape(1, -1, logits.shape[-1]).expand(self.num_experts, -1, -1)
+            return F.mse_loss(logits, targets.flatten(0, 1))
+        if labels.is_floating_point() and labels.dim() == 2:  # multi-label: one 0/1 target per class
+            return F.binary_cross_entropy_with_logits(logits, labels.float().repeat(self.num_experts, 1))
+        return F.cross_entropy(logits, labels.repeat(self.num_experts))
 
     def replacement(self, tokens: torch.Tensor, null_tokens: torch.Tensor, noise=None) -> torch.Tensor:
         """What a perturbed modality's tokens become, `(B or 1, T, d)`; each variant uses only its
@@ -241,6 +271,13 @@ class I2MoEInteraction(nn.Module):
         return pairs / _global_mean_count(pairs.sum((1, 2), keepdim=True), self.training).clamp_min(1.0)
 
 
+def weight_balance_loss(weights: torch.Tensor) -> torch.Tensor:
+    """`log K - H(mean_b w)`: zero when the batch uses every expert equally on average, `log K` when it
+    uses one expert only. Per sample the weights may still route (as MoE load-balancing terms)."""
+    usage = weights.float().mean(0)
+    return math.log(weights.shape[-1]) + (usage * usage.clamp_min(1e-12).log()).sum()
+
+
 def _global_mean_count(count: torch.Tensor, training: bool) -> torch.Tensor:
     """The pair count of each expert's mean, as the mean over the processes of a distributed
     training run: each process's loss is then `sum_local / (count_global / world_size)`, and DDP's
@@ -254,4 +291,4 @@ def _global_mean_count(count: torch.Tensor, training: bool) -> torch.Tensor:
     return count / torch.distributed.get_world_size()
 
 
-__all__ = ["I2MoEInteraction", "ReweightingModel"]
+__all__ = ["I2MoEInteraction", "ReweightingModel", "weight_balance_loss"]

@@ -1,0 +1,264 @@
+"""The results suite of issue 14: every method beside the plain baseline, per (row, seed), resumable.
+
+Rows (`--suite`):
+- `planted2` / `planted3`: the planted kinds of `benchmarks/planted.py` for 2 and 3 modalities
+  (uniqueness of each modality, redundancy, pairwise synergy, and for 3 the synergy of all three),
+  4,000 training / 1,000 validation / 2,000 test samples, modality dropout 0.3; methods `vanilla`
+  (concat fusion), `i2moe` (concat experts, the paper's objective), `i2moe_xl` (the same with each
+  expert's own task loss, `i2moe_expert_loss_weight=1`), `i2m2` (vanilla + I2M2 unimodal heads, trained jointly
+  from scratch), `dmil` (the three stages of `DEFAULT_DMIL_STAGES`). 30 epochs for every method
+  (DMIL: 10 / 5 / 15 over its stages), AdamW, the best validation epoch kept.
+- `avmnist`: AV-MNIST (`i2moe.datasets_avmnist`, data seed 0), LeNet towers (image 3 extra blocks,
+  audio 5) trained from scratch; rows `image`, `audio`, `ensemble` (mean probability of those two),
+  `vanilla_lf`, `vanilla_lrtf`, `i2moe_lf`, `i2moe_lrtf`, `i2moe_xl_lf`, `i2moe_xl_lrtf`, `i2m2_lf`, `i2m2_lrtf` (I2M2 heads and
+  the fusion trained jointly from scratch), `dmil`; `--avmnist_epochs` epochs each (DMIL: the
+  default stages scaled to that budget), AdamW at `--avmnist_lr`.
+
+Each finished (suite, kind, method, seed, budget) appends a JSON line to
+`benchmarks/results/methods_suite.jsonl`; rerunning skips finished rows, so the suite resumes where
+it stopped and a later session can add seeds or a larger budget (`--avmnist_train 10000`).
+
+    python benchmarks/methods_suite.py --suite planted2 --seeds 0 1
+    python benchmarks/methods_suite.py --suite planted3 --seeds 0 1
+    python benchmarks/methods_suite.py --suite avmnist --seeds 0 --avmnist_train 3000 --avmnist_epochs 4
+    python benchmarks/methods_suite.py --summarise      # the tables, from the JSON lines
+    python benchmarks/methods_suite.py --markdown       # the same as markdown (docs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from planted import (append_row, evaluate, finished_keys, median, planted_config, planted_data, planted_kinds,
+                     read_rows, train_dmil, train_epochs)
+
+from i2moe import I2MoEConfig, I2MoEForClassification, I2MoELeNetConfig
+from i2moe.dmil_training import DEFAULT_DMIL_STAGES
+
+
+RESULTS = Path(__file__).resolve().parent / "results" / "methods_suite.jsonl"
+KEY_FIELDS = ("suite", "kind", "method", "seed", "budget")
+PLANTED_METHODS = ("vanilla", "i2moe", "i2moe_xl", "i2m2", "dmil")
+# I2MoE with the paper's objective (no expert task loss) and with each expert's own task loss
+# (weight 1, issue 14): pinned here, so a row means the same whatever the package default.
+I2MOE_SETTINGS = {"i2moe": {"i2moe_expert_loss_weight": 0.0}, "i2moe_xl": {"i2moe_expert_loss_weight": 1.0}}
+PLANTED_EPOCHS, PLANTED_LR, BATCH, DROPOUT = 30, 1e-3, 64, 0.3
+PLANTED_SIZES = (4000, 1000, 2000)
+AVMNIST_METHODS = ("image", "audio", "ensemble", "vanilla_lf", "vanilla_lrtf", "i2moe_lf", "i2moe_lrtf",
+                   "i2moe_xl_lf", "i2moe_xl_lrtf", "i2m2_lf", "i2m2_lrtf", "dmil")
+TOWER_LAYERS = {"image": 3, "audio": 5}
+
+
+def dmil_stages(total_epochs: int) -> list[tuple[int, float]]:
+    """`DEFAULT_DMIL_STAGES` (10 / 5 / 15 epochs) scaled to `total_epochs`, at least 1 epoch each."""
+    default_total = sum(stage.num_train_epochs for stage in DEFAULT_DMIL_STAGES)
+    epochs = [max(1, round(stage.num_train_epochs * total_epochs / default_total)) for stage in DEFAULT_DMIL_STAGES[:2]]
+    epochs.append(max(1, total_epochs - sum(epochs)))
+    return [(count, stage.learning_rate) for count, stage in zip(epochs, DEFAULT_DMIL_STAGES)]
+
+
+def planted_method_config(num_modalities: int, method: str) -> I2MoEConfig:
+    if method == "i2m2":
+        return planted_config(num_modalities, "vanilla", i2m2_heads=True)
+    if method in I2MOE_SETTINGS:
+        return planted_config(num_modalities, "i2moe", **I2MOE_SETTINGS[method])
+    return planted_config(num_modalities, method)
+
+
+def run_planted(num_modalities: int, kind: str, method: str, seed: int) -> dict:
+    train, validation, test = (planted_data(kind, num_modalities, size, 1000 * seed + offset)
+                               for offset, size in enumerate(PLANTED_SIZES))
+    torch.manual_seed(seed)
+    model = I2MoEForClassification(planted_method_config(num_modalities, method))
+    if method == "dmil":
+        fits = train_dmil(model, train, validation, stages=dmil_stages(PLANTED_EPOCHS), batch_size=BATCH, seed=seed,
+                          modality_dropout=DROPOUT)
+        validation_accuracy = [round(fit["accuracy"], 4) for fit in fits]
+    else:
+        fit = train_epochs(model, train, validation, epochs=PLANTED_EPOCHS, lr=PLANTED_LR, batch_size=BATCH, seed=seed,
+                           modality_dropout=DROPOUT)
+        validation_accuracy = [round(fit["accuracy"], 4)]
+    return _result(model, test, validation_accuracy)
+
+
+def _result(model, test: dict, validation_accuracy: list[float]) -> dict:
+    metrics = evaluate(model, test)
+    row = {"test_accuracy": round(metrics["accuracy"], 4), "validation_accuracy": validation_accuracy}
+    for field in ("component_accuracy", "mean_weight"):
+        if field in metrics:
+            row[field] = {name: round(value, 3) for name, value in metrics[field].items()}
+    return row
+
+
+# --- AV-MNIST ---
+
+
+def avmnist_config(modalities: tuple[str, ...], method: str, fusion: str = "concat", **overrides) -> I2MoEConfig:
+    """LeNet towers of width 6, MLP heads of width 100, LRTF rank 40 / output 120 (as
+    `benchmarks/avmnist_i2m2.py`'s inter models)."""
+    return I2MoEConfig(
+        modalities=[{"name": name, "tower": I2MoELeNetConfig(base_channels=6, num_additional_layers=TOWER_LAYERS[name])}
+                    for name in modalities],
+        hidden_size=64, fusion=fusion, fusion_hidden_size=100, lrtf_rank=40, lrtf_output_size=120, dropout=0.0,
+        num_labels=10, problem_type="single_label_classification", method=method, **overrides,
+    )
+
+
+def avmnist_splits(args) -> dict[str, dict[str, torch.Tensor]]:
+    from i2moe.datasets_avmnist import load_avmnist
+
+    avmnist = load_avmnist(args.data_dir, seed=0, max_train_samples=args.avmnist_train,
+                           max_eval_samples=args.avmnist_eval)
+    columns = ["image_pixel_values", "audio_pixel_values", "labels"]
+    return {split: avmnist[split].select_columns(columns)[:] for split in ("train", "validation", "test")}
+
+
+def _only(data: dict, modality: str) -> dict:
+    return {key: value for key, value in data.items() if key in (f"{modality}_pixel_values", "labels")}
+
+
+@torch.no_grad()
+def _probabilities(model, data: dict, batch_size: int = 500) -> torch.Tensor:
+    model.eval()
+    inputs = {key: value for key, value in data.items() if key != "labels"}
+    return torch.cat([model(**{key: value[start:start + batch_size] for key, value in inputs.items()}).logits.softmax(-1)
+                      for start in range(0, len(data["labels"]), batch_size)])
+
+
+def run_avmnist(method: str, seed: int, args, data: dict) -> dict:
+    epochs, lr = args.avmnist_epochs, args.avmnist_lr
+    fit = lambda model, splits: train_epochs(model, splits["train"], splits["validation"], epochs=epochs, lr=lr,
+                                             batch_size=args.batch_size, seed=seed, modality_dropout=0.0)
+    if method == "ensemble":  # the two unimodal models of this seed, trained here (not read back)
+        probabilities, validation = [], []
+        for modality in ("image", "audio"):
+            torch.manual_seed(seed)
+            model = I2MoEForClassification(avmnist_config((modality,), "vanilla"))
+            splits = {name: _only(split, modality) for name, split in data.items()}
+            validation.append(round(fit(model, splits)["accuracy"], 4))
+            probabilities.append(_probabilities(model, splits["test"]))
+        predictions = (probabilities[0] + probabilities[1]).argmax(-1)
+        return {"test_accuracy": round(float((predictions == data["test"]["labels"]).float().mean()), 4),
+                "validation_accuracy": validation}
+    torch.manual_seed(seed)
+    if method in ("image", "audio"):
+        model = I2MoEForClassification(avmnist_config((method,), "vanilla"))
+        splits = {name: _only(split, method) for name, split in data.items()}
+        return _result(model, splits["test"], [round(fit(model, splits)["accuracy"], 4)])
+    if method == "dmil":
+        model = I2MoEForClassification(avmnist_config(("image", "audio"), "dmil"))
+        fits = train_dmil(model, data["train"], data["validation"], stages=dmil_stages(epochs), batch_size=args.batch_size,
+                          seed=seed, modality_dropout=0.0)
+        return _result(model, data["test"], [round(f["accuracy"], 4) for f in fits])
+    family, fusion = method.rsplit("_", 1)
+    fusion = {"lf": "concat", "lrtf": "lrtf"}[fusion]
+    if family == "i2m2":
+        config = avmnist_config(("image", "audio"), "vanilla", fusion, i2m2_heads=True)
+    elif family in I2MOE_SETTINGS:
+        config = avmnist_config(("image", "audio"), "i2moe", fusion, **I2MOE_SETTINGS[family])
+    else:
+        config = avmnist_config(("image", "audio"), family, fusion)
+    model = I2MoEForClassification(config)
+    return _result(model, data["test"], [round(fit(model, data)["accuracy"], 4)])
+
+
+# --- driver ---
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=["planted2", "planted3", "avmnist"])
+    parser.add_argument("--kinds", nargs="+", default=None, help="planted kinds (default: all of the suite)")
+    parser.add_argument("--methods", nargs="+", default=None, help="methods (default: all of the suite)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--avmnist_train", type=int, default=3000)
+    parser.add_argument("--avmnist_eval", type=int, default=1000, help="validation and test rows")
+    parser.add_argument("--avmnist_epochs", type=int, default=4)
+    parser.add_argument("--avmnist_lr", type=float, default=1e-3)
+    parser.add_argument("--batch_size", type=int, default=40, help="AV-MNIST batch size")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--summarise", action="store_true", help="only print the tables")
+    parser.add_argument("--markdown", action="store_true", help="only print the tables as markdown (for the docs)")
+    args = parser.parse_args()
+    if args.markdown:
+        markdown_tables()
+        return
+    if not args.summarise:
+        torch.set_num_threads(1)
+        run_suite(args)
+    summarise()
+
+
+def run_suite(args) -> None:
+    if args.suite == "avmnist":
+        budget = f"{args.avmnist_train}rows-{args.avmnist_epochs}ep-adamw{args.avmnist_lr:g}"
+        jobs = [("avmnist", method, seed) for seed in args.seeds for method in (args.methods or AVMNIST_METHODS)]
+        data = None
+    else:
+        num_modalities = int(args.suite[-1])
+        budget = f"{PLANTED_SIZES[0]}rows-{PLANTED_EPOCHS}ep"
+        kinds = args.kinds or planted_kinds(num_modalities)
+        jobs = [(kind, method, seed) for seed in args.seeds for kind in kinds for method in (args.methods or PLANTED_METHODS)]
+    for kind, method, seed in jobs:
+        # Read again before each row: another process may be filling the same file.
+        if (args.suite, kind, method, seed, budget) in finished_keys(RESULTS, KEY_FIELDS):
+            continue
+        start = time.time()
+        if args.suite == "avmnist":
+            data = data or avmnist_splits(args)
+            result = run_avmnist(method, seed, args, data)
+        else:
+            result = run_planted(num_modalities, kind, method, seed)
+        row = {"suite": args.suite, "kind": kind, "method": method, "seed": seed, "budget": budget, **result,
+               "seconds": round(time.time() - start, 1)}
+        append_row(RESULTS, row)
+        print({key: row[key] for key in (*KEY_FIELDS, "test_accuracy", "seconds")}, flush=True)
+
+
+def summarise() -> None:
+    """Per suite and budget: the median test accuracy of each (kind, method) over seeds, and the
+    median per-seed gap to the baseline of the same seed (`vanilla` for the planted suites,
+    `vanilla_lf` / `vanilla_lrtf` for AV-MNIST)."""
+    rows = read_rows(RESULTS)
+    groups = sorted({(row["suite"], row["budget"]) for row in rows})
+    for suite, budget in groups:
+        print(f"\n{suite} ({budget}): median test accuracy over seeds [per-seed values]; gap = median per-seed difference to the baseline")
+        subset = [row for row in rows if row["suite"] == suite and row["budget"] == budget]
+        for kind in dict.fromkeys(row["kind"] for row in subset):
+            for method in dict.fromkeys(row["method"] for row in subset if row["kind"] == kind):
+                group = [row for row in subset if row["kind"] == kind and row["method"] == method]
+                baseline_method = "vanilla" if suite != "avmnist" else ("vanilla_lrtf" if method.endswith("lrtf") else "vanilla_lf")
+                baseline = {row["seed"]: row["test_accuracy"] for row in subset
+                            if row["kind"] == kind and row["method"] == baseline_method}
+                gaps = [row["test_accuracy"] - baseline[row["seed"]] for row in group if row["seed"] in baseline]
+                gap = f"{100 * median(gaps):+.2f}" if gaps else "  n/a"
+                values = [round(100 * row["test_accuracy"], 2) for row in group]
+                print(f"  {kind:14s} {method:13s} {100 * median([row['test_accuracy'] for row in group]):6.2f} "
+                      f"gap {gap}  {values}")
+
+
+def markdown_tables() -> None:
+    """One markdown table per (suite, budget): kinds as rows, methods as columns, each cell the median
+    test accuracy (%) over seeds and the number of seeds."""
+    rows = read_rows(RESULTS)
+    for suite, budget in sorted({(row["suite"], row["budget"]) for row in rows}):
+        subset = [row for row in rows if row["suite"] == suite and row["budget"] == budget]
+        methods = list(dict.fromkeys(row["method"] for row in subset))
+        print(f"\n{suite}, {budget}: median test accuracy (%) over seeds (number of seeds)\n")
+        print("| kind | " + " | ".join(methods) + " |")
+        print("|---" * (len(methods) + 1) + "|")
+        for kind in dict.fromkeys(row["kind"] for row in subset):
+            cells = []
+            for method in methods:
+                values = [row["test_accuracy"] for row in subset if row["kind"] == kind and row["method"] == method]
+                cells.append(f"{100 * median(values):.2f} ({len(values)})" if values else "—")
+            print(f"| {kind} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
