@@ -56,6 +56,7 @@ True
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 import warnings
@@ -80,10 +81,19 @@ PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "r
 def _component_outputs(output) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """`(component_logits, component_weights)` of a model output, under either name; `None`
     for a model without components (vanilla)."""
-    def first(fields):
-        return next((value for value in (getattr(output, name, None) for name in fields) if value is not None), None)
+    own = _output_fields(output)
+
+    def first(names):
+        return next((getattr(output, name) for name in names if name in own and getattr(output, name) is not None),
+                    None)
 
     return first(COMPONENT_LOGIT_FIELDS), first(COMPONENT_WEIGHT_FIELDS)
+
+
+def _output_fields(output) -> list[str]:
+    """The output's own fields: deprecated aliases are properties, neither fields nor constructor
+    arguments (and reading them warns)."""
+    return [f.name for f in dataclasses.fields(output)] if dataclasses.is_dataclass(output) else list(vars(output))
 
 
 def _present_modalities(model, batch: Mapping) -> torch.Tensor:
@@ -114,8 +124,9 @@ def _subset_outputs(model, batch: Mapping, subsets: torch.Tensor):
         mask = present & subset
         mask = torch.where(mask.any(1, keepdim=True), mask, present)
         output = model(**inputs, modality_mask=mask.long())
+        fields = _output_fields(output)
         for field in ("logits", *COMPONENT_LOGIT_FIELDS, *COMPONENT_WEIGHT_FIELDS):
-            value = getattr(output, field, None)
+            value = getattr(output, field) if field in fields else None
             if isinstance(value, torch.Tensor):
                 stacked.setdefault(field, []).append(value)
     return type(output)(**{field: torch.stack(values) for field, values in stacked.items()})
