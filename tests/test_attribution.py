@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from conftest import make_config
 from i2moe import I2MoEForClassification
-from i2moe.attribution import attribute, component_names_for, decompose
+from i2moe.attribution import _component_outputs, attribute, component_names_for, decompose
 from i2moe.synthetic import auroc, held_out_planted, planted_samples, planted_types, train_planted
 
 
@@ -230,7 +230,7 @@ def test_component_attribution_explains_each_component_own_logits():
     labels = torch.tensor([row["labels"] for row in data])
     prior = np.log(1 / 3)
     with torch.no_grad():
-        expert = {mask: F.log_softmax(model(**inputs, modality_mask=torch.tensor([mask] * 3)).expert_logits, -1)
+        expert = {mask: F.log_softmax(_component_outputs(model(**inputs, modality_mask=torch.tensor([mask] * 3)))[0], -1)
                   for mask in ((1, 0), (0, 1), (1, 1))}
     k = model.interaction.component_names.index("synergy")
     i_a, i_b, i_ab = (expert[mask][torch.arange(3), k, labels].numpy() - prior for mask in ((1, 0), (0, 1), (1, 1)))
@@ -300,10 +300,13 @@ def test_dominant_type_is_the_planted_one_for_three_modalities():
 
 @pytest.mark.parametrize("num_modalities, steps, lr, thresholds", [
     # Measured (benchmarks/results/attribution_planted.json, vanilla, seeds 0 and 1): 2 modalities
-    # >= 0.997 for uniqueness and redundancy, 0.93 / 0.95 for synergy; 3 modalities >= 0.996 for
-    # uniqueness and redundancy, 0.87-0.95 for the pair synergies, 0.77 / 0.81 for all three.
-    (2, 400, 3e-3, {"uniqueness": 0.95, "redundancy": 0.95, "synergy": 0.85}),
-    (3, 600, 3e-3, {"uniqueness": 0.95, "redundancy": 0.95, "synergy": 0.8, "synergy_a_b_c": 0.7}),
+    # (400 steps) >= 0.997 for uniqueness and redundancy, 0.93 / 0.95 for synergy; 3 modalities >= 0.996
+    # for uniqueness and redundancy, 0.87-0.95 for the pair synergies, 0.77 / 0.81 for all three.
+    # Here 2 modalities train 600 steps and 3 train 900: on another initialisation of the same
+    # architecture (the encoder-layout core) seed 0 at 400 / 600 steps fell to 0.82 (synergy) /
+    # 0.80 (synergy_a_c); at 600 / 900 it gave 0.997 and 0.93-0.95 (pairs), 0.80 (all three).
+    (2, 600, 3e-3, {"uniqueness": 0.95, "redundancy": 0.95, "synergy": 0.85}),
+    (3, 900, 3e-3, {"uniqueness": 0.95, "redundancy": 0.95, "synergy": 0.8, "synergy_a_b_c": 0.7}),
 ])
 def test_per_sample_auroc_of_the_planted_type_on_the_mixture(num_modalities, steps, lr, thresholds):
     overrides = THREE_MODALITY_SIZE if num_modalities == 3 else {}
