@@ -23,7 +23,7 @@ sample, named like the attribution's terms:
 
 Codewords are fixed random vectors (the same for every call), drawn from two codebooks per
 modality (label and synergy digits) so that a sample's type can be told from its inputs; noise
-is N(0, `PLANTED_NOISE`²). Models are trained with modality dropout (`random_modality_mask`).
+is N(0, `PLANTED_NOISE`²). Models are trained with modality dropout (`config.modality_dropout`; `random_modality_mask` draws masks for held-out data).
 
 Example:
 
@@ -238,23 +238,23 @@ def train_planted(kind: str, num_modalities: int = 2, method: str = "vanilla", s
                   seed: int = 0, batch_size: int = 128, modality_dropout: float = 0.3,
                   **config_overrides) -> I2MoEForClassification:
     """Train `planted_config(num_modalities, method, **config_overrides)` with Adam on `steps` fresh
-    batches of `kind`, each sample's modalities dropped with probability `modality_dropout` (never
-    all of them). `seed` sets the initialisation, the data and the dropout. Returns the model in
-    eval mode; its config records `modality_dropout`."""
+    batches of `kind` with `config.modality_dropout = modality_dropout` (each sample's modalities
+    dropped by the model, never all of them). `seed` sets the initialisation and the data; the
+    dropout is drawn per sample (`sample_ids`). Returns the model in eval mode."""
     torch.manual_seed(seed)
-    model = I2MoEForClassification(planted_config(num_modalities, method, **config_overrides))
+    config = planted_config(num_modalities, method, modality_dropout=modality_dropout, **config_overrides)
+    model = I2MoEForClassification(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     data = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
         batch = planted_batch(kind, batch_size, num_modalities, data)
         batch.pop("planted")
-        mask = random_modality_mask(batch_size, num_modalities, modality_dropout, data)
-        model(**batch, modality_mask=mask).loss.backward()
+        # The model drops modalities itself (`config.modality_dropout`), per sample from `sample_ids`.
+        sample_ids = torch.arange(step * batch_size, (step + 1) * batch_size)
+        model(**batch, sample_ids=sample_ids).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    # Until the config carries modality dropout as a model feature, record how the model was trained.
-    model.config.modality_dropout = modality_dropout
     return model.eval()
 
 
