@@ -44,7 +44,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
     --do_train --do_eval --do_predict --image_size 128 \
     --num_train_epochs 20 --per_device_train_batch_size 128 --per_device_eval_batch_size 256 \
     --learning_rate 2e-3 --warmup_steps 0.05 --weight_decay 0.01 --lr_scheduler_type cosine \
-    --method i2moe --hidden_size 128 --fusion concat \
+    --method i2moe --hidden_size 256 --fusion concat \
     --modality_dropout 0.3 --eval_missing_modality image text --unimodal_baselines \
     --eval_strategy no --save_strategy no --logging_steps 100 --report_to none --dataloader_pin_memory false \
     --disable_tqdm true --seed 0

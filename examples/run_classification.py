@@ -315,8 +315,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     if model_args.unimodal_baselines and training_args.do_train:
         for name in task.towers:
-            results.update(train_unimodal_baseline(name, task, model_args, training_args, splits, cached,
-                                                   processor, [split for _, split, missing in evaluations if missing is None]))
+            metrics = train_unimodal_baseline(name, task, model_args, training_args, splits, cached, processor,
+                                              [split for _, split, missing in evaluations if missing is None])
+            trainer.save_metrics(f"only_{name}", metrics)  # beside the model's, in all_results.json
+            results.update(metrics)
 
     # The model card (README.md, and the interaction-composition figure beside it) in output_dir; with
     # --push_to_hub (and --hub_model_id) it is uploaded with the model, the processor and their code.
