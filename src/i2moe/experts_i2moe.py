@@ -20,12 +20,28 @@ This file travels with saved models as Hub remote code: it imports only torch an
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .fusion_i2moe import InteractionOutput, ModalityMean, TokenLayout, build_fusion, interaction_component_names
 from .registry_i2moe import INTERACTIONS
+
+
+# Activations per expert call that chunked execution keeps below, on CPU: measured best on a 2-core
+# EPYC (2 MiB L2 per core, 32 MiB L3) by `benchmarks/i2moe_vs_reference.py --chunk-sweep`.
+CPU_CACHE_BUDGET_BYTES = 8 * 2**20
+
+
+def activation_elements_per_row(config, layout: TokenLayout) -> int:
+    """The widest activation one input row produces in one expert: T tokens x the MLP width for
+    transformer fusion, one hidden vector for the pooled backbones (concat, LRTF)."""
+    if config.fusion == "transformer":
+        return layout.total_tokens * max(config.hidden_size, config.fusion_intermediate_size)
+    return max(config.hidden_size * layout.num_modalities, config.fusion_hidden_size or 0)
 
 
 class ReweightingModel(nn.Module):
@@ -98,6 +114,10 @@ class I2MoEInteraction(nn.Module):
         self.margin = settings.margin
         self.lambda_int = settings.lambda_int
         self.regression = config.problem_type == "regression"
+        self.execution, self.chunk_rows = settings.execution, settings.chunk_rows
+        self.checkpoint_experts = settings.checkpoint_experts
+        self.perturbation_fraction = settings.perturbation_fraction
+        self.activation_elements_per_row = activation_elements_per_row(config, layout)
         self.experts = build_fusion(config, layout, num_stacks=num_experts)
         self.modality_mean = ModalityMean(layout)
         self.reweighting = ReweightingModel(
@@ -157,14 +177,10 @@ class I2MoEInteraction(nn.Module):
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor,
                 labels: torch.Tensor | None = None) -> InteractionOutput:
-        batch = tokens.shape[0]
         weights = self.reweighting(self.modality_mean(tokens).flatten(1))  # (B, K)
         interaction_loss = loss_terms = None
         if self.training:
-            variants = torch.where(self.variant_mask, self.replacement(tokens, null_tokens), tokens)
-            outputs = self.experts(variants.view(1, -1, *tokens.shape[1:]))
-            outputs = outputs.view(self.num_experts, self.num_modalities + 1, batch, -1)  # (K, V, B, C)
-            clean = outputs[:, 0]
+            clean, outputs, present = self._perturbed_passes(tokens, present, null_tokens)
             # In float32 even under autocast: squared distances of large fp16 logits overflow to inf (NaN loss).
             with torch.autocast(tokens.device.type, enabled=False):
                 losses = self.interaction_loss_terms(outputs, present)
@@ -172,13 +188,70 @@ class I2MoEInteraction(nn.Module):
             interaction_loss = self.lambda_int * unweighted
             loss_terms = {**dict(zip(self.component_names, losses.unbind(0))), "interaction": unweighted}
         else:
-            clean = self.experts(tokens[None])  # (K, B, C)
+            clean = self.run_experts(tokens)  # (K, B, C): the clean pass only
         component_logits = clean.transpose(0, 1)  # (B, K, C)
         logits = torch.bmm(weights.to(component_logits.dtype)[:, None, :], component_logits).squeeze(1)
         return InteractionOutput(
             logits=logits, component_logits=component_logits, component_weights=weights,
             interaction_loss=interaction_loss, loss_terms=loss_terms,
         )
+
+    def _perturbed_passes(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor):
+        """Every expert on the clean rows and on the V = M + 1 variants of the rows the interaction
+        loss reads: `(clean (K, B, C), outputs (K, V, R, C), present (R, M))`. R = B, or with
+        `perturbation_fraction` f < 1 a uniformly drawn subset of ceil(f B) rows: the loss's mean over
+        those rows estimates its mean over the batch without bias (all modalities present; with
+        missing ones each term is a ratio of such estimates), at K (B + M R) backbone rows instead
+        of K (M + 1) B."""
+        batch = tokens.shape[0]
+        rows = self._loss_rows(batch, tokens.device)
+        if rows is None:
+            variants = torch.where(self.variant_mask, self.replacement(tokens, null_tokens), tokens)  # (V, B, T, d)
+            outputs = self.run_experts(variants.flatten(0, 1)).unflatten(1, (self.num_modalities + 1, batch))
+            return outputs[:, 0], outputs, present
+        chosen = tokens[rows]
+        # The clean pass on every row (the task loss needs it), the perturbed ones on the chosen rows only.
+        perturbed = torch.where(self.variant_mask[1:], self.replacement(chosen, null_tokens), chosen)  # (M, R, T, d)
+        outputs = self.run_experts(torch.cat([tokens, perturbed.flatten(0, 1)]))  # (K, B + M R, C)
+        clean = outputs[:, :batch]
+        perturbed_outputs = outputs[:, batch:].unflatten(1, (self.num_modalities, rows.numel()))
+        return clean, torch.cat([clean[:, None, rows], perturbed_outputs], dim=1), present[rows]
+
+    def _loss_rows(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Which rows get perturbed passes: None (all) unless `perturbation_fraction` < 1."""
+        if self.perturbation_fraction >= 1.0:
+            return None
+        count = max(1, math.ceil(self.perturbation_fraction * batch))
+        return torch.randperm(batch, device=device)[:count]
+
+    def run_experts(self, rows: torch.Tensor) -> torch.Tensor:
+        """All K experts on `(N, T, d)` token rows -> `(K, N, C)`, executed as `execution_plan` says:
+        one stacked call, or chunks of rows (same numbers; see `I2MoEExpertsConfig.execution`)."""
+        chunk_rows = self.execution_plan(rows)
+        chunks = [rows] if chunk_rows >= rows.shape[0] else rows.split(chunk_rows)
+        outputs = [self._experts_call(chunk[None]) for chunk in chunks]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+    def execution_plan(self, rows: torch.Tensor) -> int:
+        """Rows per expert call. Stacked (all rows at once) where kernel launches dominate (GPUs);
+        on CPU chunks whose activations, `K x rows x activation_elements_per_row`, fit in
+        `CPU_CACHE_BUDGET_BYTES`, so each elementwise op (GELU, dropout, norms) reads the matmul
+        output from cache instead of DRAM (docs/i2moe.md, "Execution")."""
+        execution = self.execution
+        if execution == "auto":
+            execution = "chunked" if rows.device.type == "cpu" else "stacked"
+        if execution == "stacked":
+            return rows.shape[0]
+        if self.chunk_rows is not None:
+            return self.chunk_rows
+        row_bytes = self.num_experts * self.activation_elements_per_row * rows.element_size()
+        return max(1, CPU_CACHE_BUDGET_BYTES // row_bytes)
+
+    def _experts_call(self, chunk: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_experts and self.training and torch.is_grad_enabled():
+            # Recomputed in the backward pass with the same dropout masks (the RNG state is restored).
+            return checkpoint(self.experts, chunk, use_reentrant=False)
+        return self.experts(chunk)
 
     def replacement(self, tokens: torch.Tensor, null_tokens: torch.Tensor) -> torch.Tensor:
         """What a perturbed modality's tokens become, `(B or 1, T, d)`; each variant uses only its
