@@ -115,10 +115,11 @@ class ReferenceModel(torch.nn.Module):
 class OursModel(torch.nn.Module):
     """Our interaction part on the same given tokens (`i2moe_step_time.EmbeddingModel`)."""
 
-    def __init__(self, method: str, num_modalities: int, hidden_size: int, num_tokens: int, overrides: dict):
+    def __init__(self, method: str, num_modalities: int, hidden_size: int, num_tokens: int, overrides: dict,
+                 mlp_ratio: int = 2):
         super().__init__()
         config = fusion_config(method, num_modalities, hidden_size, num_tokens, dropout=DROPOUT,
-                               fusion_intermediate_size=2 * hidden_size,
+                               fusion_intermediate_size=mlp_ratio * hidden_size,
                                **({"i2moe": {"reweight_hidden_size": REWEIGHT_HIDDEN, **overrides}}
                                   if method == "i2moe" else {}))
         self.model = EmbeddingModel(config)
@@ -131,13 +132,14 @@ class OursModel(torch.nn.Module):
         return self.model(tokens, self.present, labels)
 
 
-def build(implementation: str, method: str, setting: str, device: str, classes, overrides: dict) -> torch.nn.Module:
+def build(implementation: str, method: str, setting: str, device: str, classes, overrides: dict,
+          mlp_ratio: int = 2) -> torch.nn.Module:
     num_modalities, hidden_size, num_tokens = EMBEDDING_SETTINGS[setting]
     torch.manual_seed(0)
     if implementation == "reference":
         model = ReferenceModel(classes, method, num_modalities, hidden_size, num_tokens, 0.1, device)
     else:
-        model = OursModel(method, num_modalities, hidden_size, num_tokens, overrides)
+        model = OursModel(method, num_modalities, hidden_size, num_tokens, overrides, mlp_ratio)
     return model.to(device)
 
 
@@ -224,18 +226,20 @@ def make_inputs(setting: str, device: str):
 
 
 def measure_setting(setting: str, precision: str, device: str, steps: int, warmup: int, classes, reference: str,
-                    variant: str, overrides: dict, memory: bool) -> list[dict]:
+                    variant: str, overrides: dict, memory: bool, mlp_ratio: int = 2) -> list[dict]:
     tokens, labels = make_inputs(setting, device)
     functions = {}
     for implementation in IMPLEMENTATIONS:
         for method in METHODS:
-            model = build(implementation, method, setting, device, classes, overrides if implementation == "ours" else {})
+            model = build(implementation, method, setting, device, classes,
+                          overrides if implementation == "ours" else {}, mlp_ratio)
             functions[(implementation, method)] = step_functions(model, tokens, labels, device, precision)
     rows = []
     for index, step in enumerate(("train", "inference")):
         medians = alternate({key: pair[index] for key, pair in functions.items()}, device, steps, warmup)
         row = {
             "setting": setting, "precision": precision, "step": step, "variant": variant, "overrides": overrides,
+            "ours_mlp_width": f"{mlp_ratio}d", "reference_mlp_width": "2d",
             "reference_ms": round(medians[("reference", "i2moe")], 2), "ours_ms": round(medians[("ours", "i2moe")], 2),
             "reference_vanilla_ms": round(medians[("reference", "vanilla")], 2),
             "ours_vanilla_ms": round(medians[("ours", "vanilla")], 2),
@@ -274,9 +278,25 @@ def chunk_sweep(setting: str, precision: str, device: str, steps: int, warmup: i
     return rows
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The docs table (docs/i2moe.md) of the rows of `i2moe_vs_reference_<device>.json`."""
+    lines = ["| setting | precision | variant | step | reference | ours | ours / reference | "
+             "vanilla: reference, ours (ours / reference) | I2MoE / vanilla: reference, ours | "
+             "train peak: reference, ours |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        peak = (f"{row['reference_peak_mib']:.0f}, {row['ours_peak_mib']:.0f} MiB" if "ours_peak_mib" in row else "")
+        lines.append(
+            f"| {row['setting']} | {row['precision']} | {row['variant']} | {row['step']} | {row['reference_ms']:.0f} ms | "
+            f"{row['ours_ms']:.0f} ms | **{row['ours_over_reference']:.2f}x** | {row['reference_vanilla_ms']:.0f}, "
+            f"{row['ours_vanilla_ms']:.0f} ms ({row['vanilla_ours_over_reference']:.2f}x) | "
+            f"{row['reference_over_vanilla']:.1f}x, {row['ours_over_vanilla']:.1f}x | {peak} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference", required=True, help="directory of a checkout of github.com/Raina-Xin/I2MoE")
+    parser.add_argument("--reference", default=None, help="directory of a checkout of github.com/Raina-Xin/I2MoE")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
@@ -284,15 +304,24 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--variant", default="default", help="name of this row set in the JSON (e.g. subsample_0.25)")
     parser.add_argument("--overrides", default="{}", help="JSON of `config.i2moe` fields for ours (e.g. subsampling)")
+    parser.add_argument("--ours-mlp-ratio", type=int, default=2,
+                        help="our transformer MLP width / d (2: the reference's; 4: our default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--chunk-sweep", nargs="+", type=int, default=None, metavar="ROWS",
                         help="time only ours at these chunk_rows (0: stacked); writes i2moe_chunk_sweep_<device>.json")
+    parser.add_argument("--table", action="store_true", help="only print the markdown table of the results JSON")
     parser.add_argument("--memory-only", nargs=4, metavar=("IMPL", "METHOD", "SETTING", "PRECISION"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    out_path = RESULTS / f"i2moe_vs_reference_{args.device}.json"
+    if args.table:  # needs no reference checkout
+        print(markdown_table(json.loads(out_path.read_text())))
+        return
+    if args.reference is None:
+        parser.error("--reference DIRECTORY (a checkout of github.com/Raina-Xin/I2MoE) is required")
     overrides = json.loads(args.overrides)
     classes = import_reference(args.reference)
     if args.memory_only:
@@ -304,12 +333,11 @@ def main(argv=None) -> None:
                 for row in chunk_sweep(setting, precision, args.device, args.steps, args.warmup, args.chunk_sweep)]
         (RESULTS / f"i2moe_chunk_sweep_{args.device}.json").write_text(json.dumps(rows, indent=2) + "\n")
         return
-    out_path = RESULTS / f"i2moe_vs_reference_{args.device}.json"
     rows = json.loads(out_path.read_text()) if out_path.exists() else []
     for setting in args.settings:
         for precision in args.precisions:
             new = measure_setting(setting, precision, args.device, args.steps, args.warmup, classes, args.reference,
-                                  args.variant, overrides, memory=not args.no_memory)
+                                  args.variant, overrides, memory=not args.no_memory, mlp_ratio=args.ours_mlp_ratio)
             keys = {(r["setting"], r["precision"], r["step"], r["variant"]) for r in new}
             rows = [r for r in rows if (r["setting"], r["precision"], r["step"], r["variant"]) not in keys] + new
             RESULTS.mkdir(parents=True, exist_ok=True)

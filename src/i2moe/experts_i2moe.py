@@ -7,13 +7,16 @@ stacked backbone (`num_stacks=K`), so they cost a few batched kernels, not K pas
 Training step (`self.training`):
 
 1. The V = M + 1 input variants, clean and "modality j perturbed" for every j, are built with one
-   `torch.where` over a fixed `(V, T)` token mask and stacked along the batch: `(1, V·B, T, d)`.
-   The leading 1 is shared by all K experts (broadcast, not copied).
-2. One stacked backbone call gives `(K, V, B, C)`: every expert on every variant.
+   `torch.where` over a fixed `(V, T)` token mask and flattened along the batch: `(V·B, T, d)`.
+2. `run_experts` gives `(K, V·B, C)`: every expert on every variant. The rows enter the stacked
+   backbone (`num_stacks=K`, the input's leading 1 broadcast to the K experts, not copied) in one
+   call, or in chunks of rows (`config.i2moe.execution`): one call is fewest kernel launches (GPUs),
+   chunks keep each call's activations in cache (CPUs); the numbers are the same.
 3. All K interaction losses come from a handful of tensor ops on that result
    (`interaction_loss_terms`).
 
-Inference (`not self.training`) runs only the clean pass `(1, B, T, d)` through the K experts.
+With `perturbation_fraction` f < 1 the perturbed variants cover a random ceil(f·B) of the rows
+(the clean pass still covers all B). Inference (`not self.training`) runs only the clean pass.
 
 This file travels with saved models as Hub remote code: it imports only torch and its siblings.
 """
