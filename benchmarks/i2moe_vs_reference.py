@@ -217,6 +217,38 @@ def _measure_peak(implementation, method, setting, device, precision, classes, o
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
 
 
+def saved_activation_mib(model: torch.nn.Module, tokens, labels) -> float:
+    """MiB of the distinct tensor storages the autograd graph of one train forward keeps for the
+    backward pass: training's activation memory, independent of how the allocator reuses memory
+    (which the RSS figure is not)."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(tokens, labels)
+    del loss
+    return sum(storages.values()) / 2**20
+
+
+def saved_activations(setting: str, device: str, classes, variants: dict[str, dict]) -> list[dict]:
+    tokens, labels = make_inputs(setting, device)
+    rows = [{"setting": setting, "implementation": "reference", "variant": "default",
+             "saved_mib": round(saved_activation_mib(build("reference", "i2moe", setting, device, classes, {}),
+                                                     tokens, labels), 1)}]
+    for variant, overrides in variants.items():
+        model = build("ours", "i2moe", setting, device, classes, overrides)
+        rows.append({"setting": setting, "implementation": "ours", "variant": variant, "overrides": overrides,
+                     "saved_mib": round(saved_activation_mib(model, tokens, labels), 1)})
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def make_inputs(setting: str, device: str):
     num_modalities, hidden_size, num_tokens = EMBEDDING_SETTINGS[setting]
     generator = torch.Generator().manual_seed(1)
@@ -310,6 +342,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--chunk-sweep", nargs="+", type=int, default=None, metavar="ROWS",
                         help="time only ours at these chunk_rows (0: stacked); writes i2moe_chunk_sweep_<device>.json")
+    parser.add_argument("--saved-activations", action="store_true",
+                        help="only the autograd graph's saved bytes of one train forward, reference and ours "
+                             "(stacked, auto, checkpointed, subsampled 0.25); writes i2moe_saved_activations_<device>.json")
     parser.add_argument("--table", action="store_true", help="only print the markdown table of the results JSON")
     parser.add_argument("--memory-only", nargs=4, metavar=("IMPL", "METHOD", "SETTING", "PRECISION"),
                         help=argparse.SUPPRESS)
@@ -327,6 +362,14 @@ def main(argv=None) -> None:
     if args.memory_only:
         implementation, method, setting, precision = args.memory_only
         print(_measure_peak(implementation, method, setting, args.device, precision, classes, overrides))
+        return
+    if args.saved_activations:
+        variants = {"stacked": {"execution": "stacked"}, "auto": {}, "checkpoint_experts": {"checkpoint_experts": True},
+                    "subsample_0.25": {"perturbation_fraction": 0.25}}
+        path = RESULTS / f"i2moe_saved_activations_{args.device}.json"
+        rows = [row for row in (json.loads(path.read_text()) if path.exists() else []) if row["setting"] not in args.settings]
+        rows += [row for setting in args.settings for row in saved_activations(setting, args.device, classes, variants)]
+        path.write_text(json.dumps(rows, indent=2) + "\n")
         return
     if args.chunk_sweep:
         rows = [row for setting in args.settings for precision in args.precisions
