@@ -14,7 +14,12 @@ a shared machine hits both alike; figures are medians. Rows (one per setting x p
 variant) go to `benchmarks/results/i2moe_vs_reference_<device>.json`: `reference_ms`, `ours_ms`
 (I2MoE) and `reference_vanilla_ms`, `ours_vanilla_ms` (the same fusion backbone alone), plus peak
 memory of a train step (CPU: the process's peak RSS growth in a fresh subprocess per implementation;
-CUDA: `max_memory_allocated`).
+CUDA: `max_memory_allocated`). `--saved-activations` measures training memory independently of the
+allocator (the bytes the autograd graph of one train forward keeps); `--chunk-sweep` times ours at
+several `chunk_rows`; `--ours-mlp-ratio 4` gives ours its default MLP width (4d) instead of the
+reference's; `--table` prints the docs table from the JSON. On a GPU machine:
+
+    python benchmarks/i2moe_vs_reference.py --reference /tmp/i2moe_ref --device cuda --steps 50 --warmup 5
 
 Import shims (they change no reference code): the reference's `transformer.py` imports torchvision and
 FastMoE (`fmoe`, for its sparse MLP, unused at `mlp_sparse=False`) at module level, so stub modules
