@@ -21,6 +21,7 @@ from .registry_i2moe import FUSIONS, INTERACTIONS, POOLERS, Registry
 # The layout of saved configs and weights (`I2MoEConfig.i2moe_format_version`).
 FORMAT_VERSION = 2
 PERTURBATIONS = ("noise", "zero", "mean", "null")
+EXECUTIONS = ("auto", "stacked", "chunked")
 I2M2_MODES = ("product", "intra", "inter")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 # Built-in tower configs by `model_type` (the towers themselves are in `registry_i2moe.TOWERS`).
@@ -288,6 +289,19 @@ class I2MoEExpertsConfig(_Settings):
         balance_weight (`float`): weight of the load-balancing term `log K - H(batch-mean weights)`; 0.
         reweight_warmup_steps (`int`): training steps with equal expert weights before the reweighting
             model is used; 0.
+        execution (`str`): how the K experts run over their input rows; the numbers are the same
+            either way. `"stacked"`: one call over all rows (fewest kernel launches: GPUs);
+            `"chunked"`: calls over chunks of rows (activations stay in cache: CPUs); `"auto"`:
+            chunked on CPU, stacked elsewhere.
+        chunk_rows (`int`, *optional*): rows per call when chunked; default: as many as keep one
+            call's activations within `experts_i2moe.CPU_CACHE_BUDGET_BYTES`.
+        checkpoint_experts (`bool`): activation checkpointing of the expert calls in training: their
+            activations are recomputed in the backward pass instead of kept (less memory, one more
+            forward pass of the experts).
+        perturbation_fraction (`float`): the fraction of each batch's rows that get the M perturbed
+            passes (a fresh uniform draw per step; 1.0, the default, is every row). The interaction
+            loss on that subset is an unbiased estimate of the full one; the clean pass, and so the
+            task loss, still covers every row.
     """
 
     lambda_int: float = 0.1
@@ -300,8 +314,26 @@ class I2MoEExpertsConfig(_Settings):
     expert_loss_weight: float = 0.0
     balance_weight: float = 0.0
     reweight_warmup_steps: int = 0
+    execution: str = "auto"
+    chunk_rows: int | None = None
+    checkpoint_experts: bool = False
+    perturbation_fraction: float = 1.0
 
     def __post_init__(self):
+        if self.execution not in EXECUTIONS:
+            raise ValueError(
+                f"I2MoEConfig: `i2moe.execution` must be one of {EXECUTIONS}, got {self.execution!r}"
+            )
+        if self.chunk_rows is not None:
+            _require_positive_int("i2moe.chunk_rows", self.chunk_rows, "I2MoEConfig")
+        if not isinstance(self.checkpoint_experts, bool):
+            raise TypeError(f"I2MoEConfig: `i2moe.checkpoint_experts` must be a bool, got {self.checkpoint_experts!r}")
+        _require_number("i2moe.perturbation_fraction", self.perturbation_fraction, minimum=0.0, inclusive=False)
+        if self.perturbation_fraction > 1.0:
+            raise ValueError(
+                f"I2MoEConfig: `i2moe.perturbation_fraction` is the fraction of rows that get perturbed passes, "
+                f"in (0, 1]; got {self.perturbation_fraction!r}"
+            )
         if self.perturbation not in PERTURBATIONS:
             raise ValueError(f"I2MoEConfig: `i2moe.perturbation` must be one of {PERTURBATIONS}, got {self.perturbation!r}")
         for field in ("lambda_int", "margin", "expert_loss_weight", "balance_weight"):

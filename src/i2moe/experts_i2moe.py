@@ -7,13 +7,16 @@ stacked backbone (`num_stacks=K`), so they cost a few batched kernels, not K pas
 Training step (`self.training`):
 
 1. The V = M + 1 input variants, clean and "modality j perturbed" for every j, are built with one
-   `torch.where` over a fixed `(V, T)` token mask and stacked along the batch: `(1, V·B, T, d)`.
-   The leading 1 is shared by all K experts (broadcast, not copied).
-2. One stacked backbone call gives `(K, V, B, C)`: every expert on every variant.
+   `torch.where` over a fixed `(V, T)` token mask and flattened along the batch: `(V·B, T, d)`.
+2. `run_experts` gives `(K, V·B, C)`: every expert on every variant. The rows enter the stacked
+   backbone (`num_stacks=K`, the input's leading 1 broadcast to the K experts, not copied) in one
+   call, or in chunks of rows (`config.i2moe.execution`): one call is fewest kernel launches (GPUs),
+   chunks keep each call's activations in cache (CPUs); the numbers are the same.
 3. All K interaction losses come from a handful of tensor ops on that result
    (`interaction_loss_terms`).
 
-Inference (`not self.training`) runs only the clean pass `(1, B, T, d)` through the K experts.
+With `perturbation_fraction` f < 1 the perturbed variants cover a random ceil(f·B) of the rows
+(the clean pass still covers all B). Inference (`not self.training`) runs only the clean pass.
 
 This file travels with saved models as Hub remote code: it imports only torch and its siblings.
 """
@@ -25,10 +28,24 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .fusion_i2moe import InteractionOutput, ModalityMean, TokenLayout, build_fusion, interaction_component_names
 from .noise_i2moe import standard_normal
 from .registry_i2moe import INTERACTIONS
+
+
+# Activations per expert call that chunked execution keeps below, on CPU: measured best on a 2-core
+# EPYC (2 MiB L2 per core, 32 MiB L3) by `benchmarks/i2moe_vs_reference.py --chunk-sweep`.
+CPU_CACHE_BUDGET_BYTES = 8 * 2**20
+
+
+def activation_elements_per_row(config, layout: TokenLayout) -> int:
+    """The widest activation one input row produces in one expert: T tokens x the MLP width for
+    transformer fusion, one hidden vector for the pooled backbones (concat, LRTF)."""
+    if config.fusion == "transformer":
+        return layout.total_tokens * max(config.hidden_size, config.fusion_intermediate_size)
+    return max(config.hidden_size * layout.num_modalities, config.fusion_hidden_size or 0)
 
 
 class ReweightingModel(nn.Module):
@@ -107,6 +124,10 @@ class I2MoEInteraction(nn.Module):
         # (`from_pretrained` leaves non-persistent buffers uninitialised); a reloaded model starts again.
         self.training_steps = 0
         self.regression = config.problem_type == "regression"
+        self.execution, self.chunk_rows = settings.execution, settings.chunk_rows
+        self.checkpoint_experts = settings.checkpoint_experts
+        self.perturbation_fraction = settings.perturbation_fraction
+        self.activation_elements_per_row = activation_elements_per_row(config, layout)
         self.experts = build_fusion(config, layout, num_stacks=num_experts)
         self.modality_mean = ModalityMean(layout)
         self.reweighting = ReweightingModel(
@@ -166,7 +187,6 @@ class I2MoEInteraction(nn.Module):
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor,
                 labels: torch.Tensor | None = None, noise=None) -> InteractionOutput:
-        batch = tokens.shape[0]
         weights = self.reweighting(self.modality_mean(tokens).flatten(1))  # (B, K)
         if self.training and self.training_steps < self.warmup_steps:
             # Warm-up: equal weights, so every expert gets the task gradient before any routing.
@@ -174,10 +194,7 @@ class I2MoEInteraction(nn.Module):
         interaction_loss = loss_terms = None
         if self.training:
             self.training_steps += 1
-            variants = torch.where(self.variant_mask, self.replacement(tokens, null_tokens, noise), tokens)
-            outputs = self.experts(variants.view(1, -1, *tokens.shape[1:]))
-            outputs = outputs.view(self.num_experts, self.num_modalities + 1, batch, -1)  # (K, V, B, C)
-            clean = outputs[:, 0]
+            clean, outputs, present = self._perturbed_passes(tokens, present, null_tokens, noise)
             # In float32 even under autocast: squared distances of large fp16 logits overflow to inf (NaN loss).
             with torch.autocast(tokens.device.type, enabled=False):
                 losses = self.interaction_loss_terms(outputs, present)
@@ -191,7 +208,7 @@ class I2MoEInteraction(nn.Module):
                 loss_terms["expert_task"] = self.expert_task_loss(clean, labels)
                 interaction_loss = interaction_loss + self.expert_loss_weight * loss_terms["expert_task"]
         else:
-            clean = self.experts(tokens[None])  # (K, B, C)
+            clean = self.run_experts(tokens)  # (K, B, C): the clean pass only
         component_logits = clean.transpose(0, 1)  # (B, K, C)
         logits = torch.bmm(weights.to(component_logits.dtype)[:, None, :], component_logits).squeeze(1)
         return InteractionOutput(
@@ -210,6 +227,64 @@ class I2MoEInteraction(nn.Module):
         if labels.is_floating_point() and labels.dim() == 2:  # multi-label: one 0/1 target per class
             return F.binary_cross_entropy_with_logits(logits, labels.float().repeat(self.num_experts, 1))
         return F.cross_entropy(logits, labels.repeat(self.num_experts))
+
+    def _perturbed_passes(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor, noise=None):
+        """Every expert on the clean rows and on the V = M + 1 variants of the rows the interaction
+        loss reads: `(clean (K, B, C), outputs (K, V, R, C), present (R, M))`. R = B, or with
+        `perturbation_fraction` f < 1 a uniformly drawn subset of ceil(f B) rows: the loss's mean over
+        those rows estimates its mean over the batch without bias (all modalities present; with
+        missing ones each term is a ratio of such estimates), at K (B + M R) backbone rows instead
+        of K (M + 1) B."""
+        batch = tokens.shape[0]
+        rows = self._loss_rows(batch, tokens.device)
+        if rows is None:
+            variants = torch.where(self.variant_mask, self.replacement(tokens, null_tokens, noise), tokens)  # (V, B, T, d)
+            outputs = self.run_experts(variants.flatten(0, 1)).unflatten(1, (self.num_modalities + 1, batch))
+            return outputs[:, 0], outputs, present
+        chosen = tokens[rows]
+        # The clean pass on every row (the task loss needs it), the perturbed ones on the chosen rows only.
+        chosen_noise = None if noise is None else noise.subset(rows)
+        perturbed = torch.where(self.variant_mask[1:], self.replacement(chosen, null_tokens, chosen_noise), chosen)  # (M, R, T, d)
+        outputs = self.run_experts(torch.cat([tokens, perturbed.flatten(0, 1)]))  # (K, B + M R, C)
+        clean = outputs[:, :batch]
+        perturbed_outputs = outputs[:, batch:].unflatten(1, (self.num_modalities, rows.numel()))
+        return clean, torch.cat([clean[:, None, rows], perturbed_outputs], dim=1), present[rows]
+
+    def _loss_rows(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Which rows get perturbed passes: None (all) unless `perturbation_fraction` < 1."""
+        if self.perturbation_fraction >= 1.0:
+            return None
+        count = max(1, math.ceil(self.perturbation_fraction * batch))
+        return torch.randperm(batch, device=device)[:count]
+
+    def run_experts(self, rows: torch.Tensor) -> torch.Tensor:
+        """All K experts on `(N, T, d)` token rows -> `(K, N, C)`, executed as `execution_plan` says:
+        one stacked call, or chunks of rows (same numbers; see `I2MoEExpertsConfig.execution`)."""
+        chunk_rows = self.execution_plan(rows)
+        chunks = [rows] if chunk_rows >= rows.shape[0] else rows.split(chunk_rows)
+        outputs = [self._experts_call(chunk[None]) for chunk in chunks]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+    def execution_plan(self, rows: torch.Tensor) -> int:
+        """Rows per expert call. Stacked (all rows at once) where kernel launches dominate (GPUs);
+        on CPU chunks whose activations, `K x rows x activation_elements_per_row`, fit in
+        `CPU_CACHE_BUDGET_BYTES`, so each elementwise op (GELU, dropout, norms) reads the matmul
+        output from cache instead of DRAM (docs/i2moe.md, "Execution")."""
+        execution = self.execution
+        if execution == "auto":
+            execution = "chunked" if rows.device.type == "cpu" else "stacked"
+        if execution == "stacked":
+            return rows.shape[0]
+        if self.chunk_rows is not None:
+            return self.chunk_rows
+        row_bytes = self.num_experts * self.activation_elements_per_row * rows.element_size()
+        return max(1, CPU_CACHE_BUDGET_BYTES // row_bytes)
+
+    def _experts_call(self, chunk: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_experts and self.training and torch.is_grad_enabled():
+            # Recomputed in the backward pass with the same dropout masks (the RNG state is restored).
+            return checkpoint(self.experts, chunk, use_reentrant=False)
+        return self.experts(chunk)
 
     def replacement(self, tokens: torch.Tensor, null_tokens: torch.Tensor, noise=None) -> torch.Tensor:
         """What a perturbed modality's tokens become, `(B or 1, T, d)`; each variant uses only its
