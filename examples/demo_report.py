@@ -42,6 +42,21 @@ def print_interaction_weights(summary: dict, test, num_classes: int = 6) -> None
         print(f"{label:16} " + " ".join(f"{stats['mean_weight'][name]:18.3f}" for name in names))
 
 
+def print_attribution(summary: dict, test, num_classes: int = 6) -> None:
+    """The interaction attribution (i2moe.attribution, nats of log-likelihood gain over the label
+    prior): what each modality alone, both redundantly and only their combination contribute to the
+    predictions, overall and for the most frequent test classes."""
+    names, class_names = summary["component_names"], test.features["labels"].names
+    frequent = [class_names[label] for label, _ in Counter(test["labels"]).most_common(num_classes)]
+    print(f"\ninteraction attribution on test (nats; explained: {summary['explained']}, prior: {summary['prior_source']})")
+    print(f"{'class':16} " + " ".join(f"{name:>18}" for name in names) + f" {'dominant':>18}")
+    rows = [("(all classes)", summary["overall"]), *((name, summary["per_class"][name]) for name in frequent
+                                                      if name in summary["per_class"])]
+    for label, stats in rows:
+        dominant = max(stats["mean"], key=stats["mean"].get)
+        print(f"{label:16} " + " ".join(f"{stats['mean'][name]:18.3f}" for name in names) + f" {dominant:>18}")
+
+
 def print_examples(folder: Path, test, num_examples: int, seed: int) -> None:
     model, processor = AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
     classifier = pipeline("multimodal-classification", model=str(folder), trust_remote_code=True)
@@ -70,8 +85,10 @@ def main() -> None:
     modalities = [modality["name"] for modality in json.loads((arguments.folder / "config.json").read_text())["modalities"]]
     print_metrics(results, modalities)
     test = load_fashion_products()["test"]
+    print_attribution(json.loads((arguments.folder / "attribution_test.json").read_text())["summary"], test)
     print_interaction_weights(json.loads((arguments.folder / "interpretation_test.json").read_text())["summary"], test)
-    print(f"\nfigure: {arguments.folder / 'interaction_composition.png'}   model card: {arguments.folder / 'README.md'}")
+    print(f"\nfigures: {arguments.folder / 'interaction_attribution.png'}, {arguments.folder / 'interaction_composition.png'}"
+          f"   model card: {arguments.folder / 'README.md'}")
     print_examples(arguments.folder, test, arguments.num_examples, arguments.seed)
     print(f"\nmodel + processor reloaded from {arguments.folder} with AutoModel / AutoProcessor and pipeline()")
 

@@ -55,6 +55,7 @@ from i2moe import (
 )
 from i2moe.caching import CachedFeaturesCollator, cache_tower_features
 from i2moe.hub import FIGURE_NAME, ModelCardTrainerMixin
+from i2moe.attribution import attribute
 from i2moe.interpretation import interpret
 from i2moe.metrics import load_metric
 from i2moe.plots import plot_weight_distributions
@@ -385,6 +386,19 @@ def model_card_settings(trainer, task: Task, splits: dict, evaluations: list, re
             settings["figure_path"] = figure
         except ImportError as error:  # matplotlib is an optional extra
             logger.warning(f"No composition figure in the model card: {error}")
+    if trainer.model.config.modality_dropout:  # the subsets' predictions mean something only then
+        attribution = attribute(trainer.model, splits[split], batch_size=trainer.args.per_device_eval_batch_size,
+                                collate_fn=collator, progress=False)
+        attribution.to_json(os.path.join(trainer.args.output_dir, f"attribution_{split}.json"))
+        settings.update(attribution_summary=attribution, attribution_split=split)
+        try:
+            from i2moe.plots import plot_attribution_by_class
+
+            figure = os.path.join(trainer.args.output_dir, "interaction_attribution.png")
+            plot_attribution_by_class(attribution, path=figure)
+            settings["attribution_figure_path"] = figure
+        except ImportError as error:
+            logger.warning(f"No attribution figure in the model card: {error}")
     return settings
 
 

@@ -161,7 +161,7 @@ def test_forward_subsets_equals_a_forward_per_subset():
         inputs = batch()
         subsets = torch.tensor([[True, False], [False, True], [True, True]])
         with torch.no_grad():
-            stacked = model.forward_subsets(subsets, **inputs)
+            stacked = model.forward_subsets(subsets, **inputs, modality_names=["a", "b"])  # as the processor gives it
             for index, subset in enumerate(subsets):
                 mask = inputs["modality_mask"].bool() & subset
                 rows = mask.any(1)

@@ -452,7 +452,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     def forward_subsets(self, subsets: torch.Tensor, modality_mask: torch.Tensor | None = None,
-                        **modality_inputs: torch.Tensor) -> I2MoEOutput:
+                        modality_names: list[str] | None = None, **modality_inputs: torch.Tensor) -> I2MoEOutput:
         """The model's outputs with only a subset of the modalities present, for S subsets at once:
         every tower runs once, each subset's tokens are built by null-token replacement and the S
         variants are stacked along the batch through the interaction part and heads (as I2MoE
@@ -462,7 +462,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
 
         Args:
             subsets (`torch.BoolTensor` of shape `(S, num_modalities)`): the modalities kept, per subset.
-            modality_mask, modality_inputs: as in `forward`.
+            modality_mask, modality_names, modality_inputs: as in `forward`.
 
         Returns:
             `I2MoEOutput` whose tensors have a leading subset axis: `logits` `(S, B, C)`,
@@ -470,6 +470,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         """
         if self.training:
             raise ValueError("forward_subsets: call `model.eval()` first (the subsets are compared without dropout)")
+        check_modality_names(modality_names, self.config.modality_names)
         routed = self._route_inputs(modality_inputs)
         present = self._presence(modality_mask, routed, batch_size_of(routed, modality_mask))
         subsets = as_tensor_input("subsets", subsets).to(device=present.device)
