@@ -174,6 +174,11 @@ def plot_sample_contributions(result: InterpretationResult, indices=None, class_
     axis.set_xlabel(f"sample: #index, {decomposed}" + (" (true class)" if has_labels else ""))
     axis.set_ylabel("contribution to the class logit  $w_k \\cdot y_k$")
     axis.set_title(title or f"Each interaction type's contribution to the logit of the {decomposed}", fontsize=11)
+    return _finish_bars(figure, axis, path)
+
+
+def _finish_bars(figure, axis, path):
+    """The common ending of the stacked-bar figures: grid, legend outside the bars, saved if `path`."""
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     figure.tight_layout()
@@ -226,12 +231,7 @@ def plot_attribution_samples(result, indices=None, max_samples: int = 20, label:
     axis.set_xticks(np.arange(len(indices)), ticks, fontsize=8, rotation=40, ha="right", rotation_mode="anchor")
     axis.set_ylabel(f"information about the {result.explained} (nats)")
     axis.set_title(title or f"Where each sample's information comes from{which}", fontsize=11)
-    axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    figure.tight_layout()
-    if path is not None:
-        figure.savefig(path, dpi=110)
-    return figure
+    return _finish_bars(figure, axis, path)
 
 
 def plot_attribution_by_class(result, by: str = "label", max_classes: int = 12, path: str | Path | None = None,
@@ -254,12 +254,7 @@ def plot_attribution_by_class(result, by: str = "label", max_classes: int = 12, 
     axis.set_xlabel(grouped)
     axis.set_ylabel("mean information (nats)")
     axis.set_title(title or f"Interaction profile per {grouped}", fontsize=11)
-    axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    figure.tight_layout()
-    if path is not None:
-        figure.savefig(path, dpi=110)
-    return figure
+    return _finish_bars(figure, axis, path)
 
 
 def plot_attribution_distributions(result, label: int | str | None = None, path: str | Path | None = None,
