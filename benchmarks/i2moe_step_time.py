@@ -32,7 +32,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from transformers import BertConfig, ViTConfig
 from i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification
 from i2moe.fusion_i2moe import TokenLayout
 from i2moe.registry_i2moe import INTERACTIONS
-from i2moe.profiling import count_aten_ops
+from i2moe.profiling import count_aten_ops, elapsed_ms
 
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -198,19 +197,7 @@ def time_fn(fn, device: str, steps: int, warmup: int) -> float:
     """Median milliseconds of `fn()` over `steps` calls after `warmup` calls."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(steps):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - begin) * 1e3)
+    times = [elapsed_ms(fn, device) for _ in range(steps)]
     return statistics.median(times)
 
 

@@ -37,7 +37,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from i2moe_step_time import EMBEDDING_SETTINGS, EmbeddingModel, fusion_config  # noqa: E402
+from i2moe.profiling import elapsed_ms  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_SIZE, NUM_LABELS, NUM_LAYERS, NUM_HEADS, DROPOUT, REWEIGHT_HIDDEN = 64, 23, 2, 4, 0.1, 128
@@ -170,19 +170,6 @@ def step_functions(model: torch.nn.Module, tokens, labels, device: str, precisio
     return train, infer
 
 
-def timed(fn, device: str) -> float:
-    if device == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end)
-    begin = time.perf_counter()
-    fn()
-    return (time.perf_counter() - begin) * 1e3
-
-
 def alternate(functions: dict, device: str, steps: int, warmup: int) -> dict:
     """Median ms of each function, calling them in turn (a, b, c, a, b, c, ...)."""
     for _ in range(warmup):
@@ -191,7 +178,7 @@ def alternate(functions: dict, device: str, steps: int, warmup: int) -> dict:
     times = {name: [] for name in functions}
     for _ in range(steps):
         for name, fn in functions.items():
-            times[name].append(timed(fn, device))
+            times[name].append(elapsed_ms(fn, device))
     return {name: statistics.median(values) for name, values in times.items()}
 
 

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import time
 from collections import Counter
 from typing import Callable
 
@@ -94,4 +95,19 @@ def count_aten_ops(fn: Callable[[], object]) -> int:
     return sum(aten_op_counts(fn).values())
 
 
-__all__ = ["VIEW_AND_SHAPE_OPS", "aten_op_counts", "count_aten_ops"]
+def elapsed_ms(fn: Callable[[], object], device: str) -> float:
+    """Milliseconds one call of `fn` takes: CUDA events on a GPU (kernels are asynchronous), the
+    wall clock on CPU."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    begin = time.perf_counter()
+    fn()
+    return (time.perf_counter() - begin) * 1e3
+
+
+__all__ = ["VIEW_AND_SHAPE_OPS", "aten_op_counts", "count_aten_ops", "elapsed_ms"]
