@@ -63,7 +63,7 @@ def inputs(model: I2MoEForClassification, batch_size: int, length: int) -> dict[
 
 
 def best_time(function, repeats: int) -> float:
-    """The fastest of `repeats` runs after a warm-up (which also builds shapiq's transform matrix,
+    """The fastest of `repeats` runs after a warm-up (which also builds the Möbius transform matrix,
     cached per M): on a shared machine the minimum is the least disturbed by other processes."""
     function()
     times = []

@@ -66,9 +66,9 @@ def main() -> None:
     model_args = run_classification.ModelArguments(method="i2moe", hidden_size=256, fusion="concat",
                                                    modality_dropout=0.3, image_size=128)
     task = run_classification.build_fashion(run_classification.DataArguments(), model_args)
-    model = run_classification.build_model(task, model_args)
-    processor = I2MoEProcessor(task.processors, text_max_length=32)
     train = task.dataset["train"].select(range(min(arguments.num_samples, len(task.dataset["train"]))))
+    model = run_classification.build_model(task, model_args, train["labels"])
+    processor = I2MoEProcessor(task.processors, text_max_length=32)
     cached_names = [m.name for m in model.config.modalities if m.freeze]
 
     seconds = {"epoch_running_towers": train_one_epoch(model, train, CachedFeaturesCollator(processor, []),

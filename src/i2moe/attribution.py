@@ -11,7 +11,7 @@ decomposes the log-likelihood gain of the explained label (docs/interpretation.m
   pair term `i(ab) − i(a) − i(b)` (= S − R), which needs no choice of redundancy.
 - M modalities (the generalisation): the redundancy `R = min_k i(k)` is what *every* single
   modality already says, the game `r(S) = R` for every nonempty S. The rest, `i − r`, is split
-  by its Möbius transform (Harsanyi dividends, computed with `shapiq`): its singletons are the
+  by its Möbius transform (Harsanyi dividends; `i2moe.decomposition_i2moe`): its singletons are the
   uniquenesses `U_k = i(k) − R` and each coalition T of two or more modalities gets a synergy
   `S_T`. The terms sum to `i(all)`, and for M = 2 they are the formulas above. Redundancy shared
   by only some of the modalities shows as negative pairwise synergy (the Harsanyi terms of a
@@ -56,7 +56,6 @@ True
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import warnings
 from collections.abc import Mapping
@@ -65,8 +64,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
+
+from .decomposition_i2moe import (all_subsets, bitmask, check_prior, coalitions, component_names_for, decompose,
+                                  log_likelihood, moebius_matrix, prior_log_likelihood)
 
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
@@ -113,105 +114,9 @@ def _model_component_names(model, count: int) -> list[str]:
     return list(names)
 
 
-# --- the decomposition ---------------------------------------------------------------------------
+# --- the label prior -----------------------------------------------------------------------------
 
-def all_subsets(num_modalities: int) -> torch.Tensor:
-    """`(2^M − 1, M)` bool: every nonempty subset, row s − 1 is the subset whose bitmask is s
-    (bit k set = modality k present); the last row is all modalities."""
-    masks = torch.arange(1, 2 ** num_modalities)
-    return (masks[:, None] >> torch.arange(num_modalities)) & 1 == 1
-
-
-def _coalitions(num_modalities: int) -> list[tuple[int, ...]]:
-    """Coalition of every bitmask 0 .. 2^M − 1, as a sorted tuple of modality indices."""
-    return [tuple(k for k in range(num_modalities) if mask >> k & 1) for mask in range(2 ** num_modalities)]
-
-
-@functools.lru_cache(maxsize=None)
-def moebius_matrix(num_modalities: int) -> np.ndarray:
-    """`(2^M, 2^M)` matrix A, indexed by bitmask, with `dividends = A @ values` the Möbius
-    transform (Harsanyi dividends) of a game over M players. The transform is linear: its columns
-    are `shapiq`'s Möbius transform of the unit games (one per coalition)."""
-    try:
-        from shapiq import ExactComputer
-    except ImportError as error:
-        raise ImportError("i2moe.attribution needs shapiq; install the `attribution` extra: "
-                          "pip install 'i2moe[attribution]'") from error
-    coalitions = _coalitions(num_modalities)
-    position = {coalition: mask for mask, coalition in enumerate(coalitions)}
-    matrix = np.zeros((len(coalitions), len(coalitions)))
-    for column, coalition in enumerate(coalitions):
-        def unit_game(matrix_of_coalitions, target=coalition):
-            return np.array([tuple(np.flatnonzero(row)) == target for row in matrix_of_coalitions], dtype=float)
-
-        transform = ExactComputer(unit_game, n_players=num_modalities).moebius_transform
-        for interaction, index in transform.interaction_lookup.items():
-            matrix[position[tuple(sorted(interaction))], column] = transform.values[index]
-    return matrix
-
-
-def component_names_for(modality_names) -> list[str]:
-    """The attribution's terms: `uniqueness_<m>` per modality, `redundancy`, then the synergy
-    of each coalition of two or more modalities (`synergy` when M = 2, else `synergy_<a>_<b>`...)."""
-    names = list(modality_names)
-    synergies = [coalition for coalition in _coalitions(len(names)) if len(coalition) >= 2]
-    synergy_names = ["synergy"] if len(names) == 2 else [
-        "synergy_" + "_".join(names[k] for k in coalition) for coalition in synergies]
-    return [*(f"uniqueness_{name}" for name in names), "redundancy", *synergy_names]
-
-
-def decompose(information: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The attribution of subset information values.
-
-    Args:
-        information: `(..., 2^M)` `i(S) = v(S) − v(∅)` by bitmask (column 0, the empty set, is 0),
-            already evaluated on the effective subsets `S ∩ present`.
-        present: `(..., M)` bool, the modalities each row has (broadcast against `information`).
-
-    Returns:
-        `values` `(..., K)` in the order of `component_names_for` (they sum to `i(all)`), and the
-        raw Harsanyi dividends `(..., 2^M − M − 1)` of every coalition of two or more modalities.
-    """
-    num_modalities = present.shape[-1]
-    matrix = moebius_matrix(num_modalities)
-    singletons = [1 << k for k in range(num_modalities)]
-    higher = [mask for mask, coalition in enumerate(_coalitions(num_modalities)) if len(coalition) >= 2]
-    present = np.broadcast_to(present, information.shape[:-1] + (num_modalities,))
-    # The redundancy: what every present modality already says (0 with fewer than two present).
-    single = np.where(present, information[..., singletons], np.inf).min(-1)
-    redundancy = np.where(present.sum(-1) >= 2, single, 0.0)
-    # r(S) = R wherever S meets the present modalities; the rest of the game is split by Möbius.
-    bits = np.arange(2 ** num_modalities)[:, None] >> np.arange(num_modalities) & 1  # (2^M, M)
-    meets_present = (present[..., None, :] & (bits == 1)).any(-1)  # (..., 2^M)
-    rest = information - redundancy[..., None] * meets_present
-    dividends = rest @ matrix.T
-    values = np.concatenate([dividends[..., singletons], redundancy[..., None], dividends[..., higher]], -1)
-    return values, (information @ matrix.T)[..., higher]
-
-
-# --- log-likelihoods ------------------------------------------------------------------------------
-
-def _log_likelihood(logits: torch.Tensor, target: torch.Tensor, problem_type: str) -> torch.Tensor:
-    """`(..., L)` log-likelihood of `target` under `logits` `(..., C)` (L = C for multi-label, else 1)."""
-    logits = logits.float()
-    if problem_type == "single_label_classification":
-        index = target.long().expand(logits.shape[:-1])[..., None]
-        return logits.log_softmax(-1).gather(-1, index)
-    if problem_type == "multi_label_classification":
-        return -F.binary_cross_entropy_with_logits(logits, target.float().expand_as(logits), reduction="none")
-    return -0.5 * (logits - target.float().expand_as(logits)).pow(2).sum(-1, keepdim=True)
-
-
-def _prior_log_likelihood(target: np.ndarray, prior: np.ndarray, problem_type: str) -> np.ndarray:
-    """`(N, L)` `v(∅)`: the log-likelihood of the explained targets under the label prior."""
-    if problem_type == "single_label_classification":
-        return np.log(prior[target.astype(int)])[:, None]
-    if problem_type == "multi_label_classification":
-        return target * np.log(prior) + (1 - target) * np.log1p(-prior)
-    return -0.5 * ((target - prior) ** 2).sum(-1, keepdims=True)
-
-
-def _estimate_prior(targets: np.ndarray, problem_type: str, num_labels: int) -> np.ndarray:
+def estimate_label_prior(targets: np.ndarray, problem_type: str, num_labels: int) -> np.ndarray:
     """Label frequencies (single- and multi-label) or the mean target (regression) of `targets`."""
     if problem_type == "single_label_classification":
         return np.bincount(targets.astype(int), minlength=num_labels) / len(targets)
@@ -219,21 +124,6 @@ def _estimate_prior(targets: np.ndarray, problem_type: str, num_labels: int) -> 
     if problem_type == "multi_label_classification":  # a label never (or always) on has no information
         return np.clip(frequency, 1e-6, 1 - 1e-6)
     return frequency
-
-
-def _check_prior(prior, problem_type: str, num_labels: int) -> np.ndarray:
-    prior = np.asarray(prior, dtype=float).reshape(-1)
-    if prior.shape != (num_labels,):
-        raise ValueError(f"attribute: `prior` must hold {num_labels} values (one per label), got shape {prior.shape}")
-    if problem_type == "single_label_classification":
-        if (prior <= 0).any():
-            raise ValueError("attribute: `prior` must be the training label frequencies (or counts), all > 0; "
-                             f"got {prior.tolist()}")
-        return prior / prior.sum()
-    if problem_type == "multi_label_classification" and ((prior <= 0) | (prior >= 1)).any():
-        raise ValueError("attribute: a multi-label `prior` holds each label's training frequency, in (0, 1); "
-                         f"got {prior.tolist()}")
-    return prior
 
 
 # --- the result -----------------------------------------------------------------------------------
@@ -438,8 +328,9 @@ def attribute(model, data, batch_size: int = 32, collate_fn=None, prior=None, pr
         batch_size, collate_fn: used to batch a dataset (ignored for a `DataLoader`).
         prior: the training label distribution behind `v(∅)`: class frequencies or counts
             (single-label), each label's frequency (multi-label), or the mean target
-            (regression). Default: estimated from `data`'s labels, or without labels from the
-            model's mean prediction; `result.prior_source` says which.
+            (regression). Default: the model's `config.label_prior` (the training split's, set by
+            `examples/run_classification.py`), else estimated from `data`'s labels, else without
+            labels from the model's mean prediction; `result.prior_source` says which.
         progress: show a progress bar (tqdm).
         device: where to run (default: the model's device).
         warn_untrained_dropout: warn when the model's config has no modality dropout (its
@@ -453,9 +344,12 @@ def attribute(model, data, batch_size: int = 32, collate_fn=None, prior=None, pr
     collected = _collect_subset_likelihoods(model, data, batch_size, collate_fn, progress, device, problem_type)
     num_labels = model.config.num_labels
     if prior is not None:
-        prior, prior_source = _check_prior(prior, problem_type, num_labels), "given"
+        prior, prior_source = check_prior(prior, problem_type, num_labels, "attribute"), "given"
+    elif getattr(model.config, "label_prior", None) is not None:
+        prior = check_prior(model.config.label_prior, problem_type, num_labels, "attribute (config.label_prior)")
+        prior_source = "config.label_prior"
     elif collected["labels"] is not None:
-        prior, prior_source = _estimate_prior(collected["labels"], problem_type, num_labels), "data labels"
+        prior, prior_source = estimate_label_prior(collected["labels"], problem_type, num_labels), "data labels"
     else:
         prior, prior_source = collected["prior_predictions"].mean(0), "model predictions"
         if problem_type == "multi_label_classification":
@@ -480,7 +374,7 @@ def _collect_subset_likelihoods(model, data, batch_size, collate_fn, progress, d
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, collate_fn=collate_fn)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     subsets = all_subsets(model.config.num_modalities).to(device)
-    bitmask = (subsets.long() << torch.arange(subsets.shape[1], device=device)).sum(1)
+    subset_masks = bitmask(subsets)
     parts: dict[str, list] = {key: [] for key in ("subset_values", "component_values", "component_weights",
                                                   "present", "targets", "labels", "predictions", "prior_predictions")}
     was_training = model.training
@@ -500,13 +394,13 @@ def _collect_subset_likelihoods(model, data, batch_size, collate_fn, progress, d
                 prediction, prior_prediction = _prediction(full, problem_type)
                 target = _explained_target(labels, prediction, problem_type)
                 # v(S) at the effective subset S ∩ present; NaN where that is empty (filled with v(∅)).
-                effective = (bitmask[:, None] & _bitmask(present)[None]) != 0  # (S, B)
-                values = _log_likelihood(outputs.logits, target, problem_type)  # (S, B, L)
+                effective = (subset_masks[:, None] & bitmask(present)[None]) != 0  # (S, B)
+                values = log_likelihood(outputs.logits, target, problem_type)  # (S, B, L)
                 values = values.masked_fill(~effective[..., None], float("nan"))
                 parts["subset_values"].append(values.permute(1, 2, 0).cpu())  # (B, L, S)
                 component_logits, component_weights = _component_outputs(outputs)
                 if component_logits is not None:
-                    component = _log_likelihood(component_logits, target[:, None], problem_type)  # (S, B, K', L)
+                    component = log_likelihood(component_logits, target[:, None], problem_type)  # (S, B, K', L)
                     component = component.masked_fill(~effective[..., None, None], float("nan"))
                     parts["component_values"].append(component.permute(1, 2, 3, 0).cpu())
                     parts["component_weights"].append(component_weights[-1].float().cpu())
@@ -524,10 +418,6 @@ def _collect_subset_likelihoods(model, data, batch_size, collate_fn, progress, d
     if collected["labels"] is not None and len(collected["labels"]) != len(collected["present"]):
         raise ValueError("attribute: only some batches carry `labels`; give labels for every sample or for none")
     return collected
-
-
-def _bitmask(present: torch.Tensor) -> torch.Tensor:
-    return (present.long() << torch.arange(present.shape[1], device=present.device)).sum(1)
 
 
 def _prediction(logits: torch.Tensor, problem_type: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -551,7 +441,7 @@ def _explained_target(labels, prediction: torch.Tensor, problem_type: str) -> to
 def _assemble(model, collected: dict, prior: np.ndarray, prior_source: str, problem_type: str) -> AttributionResult:
     """`v(∅)` from the prior, empty effective subsets filled with it, then the decomposition."""
     names = list(model.config.modality_names)
-    prior_values = _prior_log_likelihood(collected["targets"], prior, problem_type)  # (N, L)
+    prior_values = prior_log_likelihood(collected["targets"], prior, problem_type)  # (N, L)
     subset_values = collected["subset_values"]  # (N, L, 2^M − 1)
     subset_values = np.concatenate([prior_values[..., None], subset_values], -1)
     subset_values = np.where(np.isnan(subset_values), prior_values[..., None], subset_values)
@@ -578,9 +468,9 @@ def _assemble(model, collected: dict, prior: np.ndarray, prior_source: str, prob
     return AttributionResult(
         component_names=component_names_for(names),
         subset_names=["none" if not coalition else "+".join(names[k] for k in coalition)
-                      for coalition in _coalitions(len(names))],
+                      for coalition in coalitions(len(names))],
         harsanyi_names=["harsanyi_" + "_".join(names[k] for k in coalition)
-                        for coalition in _coalitions(len(names)) if len(coalition) >= 2],
+                        for coalition in coalitions(len(names)) if len(coalition) >= 2],
         modality_names=names, present=present, predictions=collected["predictions"], labels=collected["labels"],
         explained="label" if collected["labels"] is not None else "prediction", prior=np.asarray(prior),
         prior_source=prior_source, problem_type=problem_type,
@@ -589,4 +479,5 @@ def _assemble(model, collected: dict, prior: np.ndarray, prior_source: str, prob
     )
 
 
-__all__ = ["AttributionResult", "all_subsets", "attribute", "component_names_for", "decompose", "moebius_matrix"]
+__all__ = ["AttributionResult", "all_subsets", "attribute", "component_names_for", "decompose", "estimate_label_prior",
+           "moebius_matrix"]

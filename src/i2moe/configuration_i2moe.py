@@ -467,6 +467,11 @@ class I2MoEConfig(PreTrainedConfig):
             `"regression"`. Left unset it is `"regression"` for `num_labels=1` (single-label for DMIL),
             and otherwise resolved from the labels of the first labelled call and stored here (so
             it is saved, and inference uses the rule training used).
+        label_prior (`list[float]`, *optional*): the training label distribution: class frequencies
+            (single-label), each label's frequency in (0, 1) (multi-label), the mean target
+            (regression). The interaction attribution's `v(∅)` (`i2moe.attribution.attribute`, the
+            pipeline's `return_attribution`) when no prior is given; `examples/run_classification.py`
+            sets it from the training split.
 
     The flat keywords of configs saved before format version 2 (`i2moe_lambda_int`, `dmil_stage`,
     `i2m2_heads`, `i2m2_mode`, ...) are still accepted and moved into the sub-configs.
@@ -509,6 +514,7 @@ class I2MoEConfig(PreTrainedConfig):
     i2moe: Any = None
     dmil: Any = None
     i2m2: Any = None
+    label_prior: list | None = None
     # The layout of saved configs and weights this code reads; bumped on incompatible changes, so a
     # config.json from a newer layout fails with an error instead of loading into the wrong weights.
     # Version 1 (flat method fields, shared `towers`/`projections`/`null_tokens` weights) is converted
@@ -543,6 +549,7 @@ class I2MoEConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         _require_positive_int("num_labels", self.num_labels, "I2MoEConfig")
         self._resolve_problem_type()
+        _check_label_prior(self)
 
     def _parse_method_settings(self) -> None:
         """The active method's sub-config, built with defaults when not given; another method's is an error."""
@@ -685,6 +692,21 @@ def _check_label_maps(config: I2MoEConfig, kwargs: dict) -> None:
     if label2id is not None and {label: int(index) for label, index in label2id.items()} != {
             label: index for index, label in id2label.items()}:
         raise ValueError(f"I2MoEConfig: `label2id` {dict(label2id)} is not the inverse of `id2label` {id2label}")
+
+
+def _check_label_prior(config: I2MoEConfig) -> None:
+    prior = config.label_prior
+    if prior is None:
+        return
+    if not isinstance(prior, (list, tuple)) or len(prior) != config.num_labels or not all(
+            isinstance(value, (int, float)) and not isinstance(value, bool) for value in prior):
+        raise ValueError(f"I2MoEConfig: `label_prior` must be a list of {config.num_labels} numbers (one per label), "
+                         f"got {prior!r}")
+    config.label_prior = [float(value) for value in prior]
+    if config.problem_type == "single_label_classification" and any(value <= 0 for value in prior):
+        raise ValueError(f"I2MoEConfig: `label_prior` holds class frequencies, all > 0; got {list(prior)}")
+    if config.problem_type == "multi_label_classification" and any(not 0 < value < 1 for value in prior):
+        raise ValueError(f"I2MoEConfig: a multi-label `label_prior` holds each label's frequency, in (0, 1); got {list(prior)}")
 
 
 def _check_modality_dropout(rates, names: list[str]) -> None:
