@@ -28,10 +28,10 @@ it stopped and a later session can add seeds or a larger budget (`--avmnist_trai
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from planted import (append_row, evaluate, finished_keys, median, planted_config, planted_data, planted_kinds,
@@ -51,7 +51,7 @@ PLANTED_EPOCHS, PLANTED_LR, BATCH, DROPOUT = 30, 1e-3, 64, 0.3
 PLANTED_SIZES = (4000, 1000, 2000)
 AVMNIST_METHODS = ("image", "audio", "ensemble", "vanilla_lf", "vanilla_lrtf", "i2moe_lf", "i2moe_lrtf",
                    "i2moe_xl_lf", "i2moe_xl_lrtf", "i2m2_lf", "i2m2_lrtf", "dmil")
-TOWER_LAYERS = {"image": 3, "audio": 5}
+TOWER_LAYERS = {"image": 3, "audio": 5}  # extra LeNet blocks at full resolution (28x28 image, 112x112 audio)
 
 
 def dmil_stages(total_epochs: int) -> list[tuple[int, float]]:
@@ -98,11 +98,14 @@ def _result(model, test: dict, validation_accuracy: list[float]) -> dict:
 # --- AV-MNIST ---
 
 
-def avmnist_config(modalities: tuple[str, ...], method: str, fusion: str = "concat", **overrides) -> I2MoEConfig:
+def avmnist_config(modalities: tuple[str, ...], method: str, fusion: str = "concat", audio_pool: int = 1,
+                   **overrides) -> I2MoEConfig:
     """LeNet towers of width 6, MLP heads of width 100, LRTF rank 40 / output 120 (as
-    `benchmarks/avmnist_i2m2.py`'s inter models)."""
+    `benchmarks/avmnist_i2m2.py`'s inter models); the audio tower has one block fewer per halving
+    of the spectrogram (`audio_pool`), so its last feature map keeps its size."""
+    layers = {**TOWER_LAYERS, "audio": TOWER_LAYERS["audio"] - int(math.log2(audio_pool))}
     return I2MoEConfig(
-        modalities=[{"name": name, "tower": I2MoELeNetConfig(base_channels=6, num_additional_layers=TOWER_LAYERS[name])}
+        modalities=[{"name": name, "tower": I2MoELeNetConfig(base_channels=6, num_additional_layers=layers[name])}
                     for name in modalities],
         hidden_size=64, fusion=fusion, fusion_hidden_size=100, lrtf_rank=40, lrtf_output_size=120, dropout=0.0,
         num_labels=10, problem_type="single_label_classification", method=method, **overrides,
@@ -115,7 +118,11 @@ def avmnist_splits(args) -> dict[str, dict[str, torch.Tensor]]:
     avmnist = load_avmnist(args.data_dir, seed=0, max_train_samples=args.avmnist_train,
                            max_eval_samples=args.avmnist_eval)
     columns = ["image_pixel_values", "audio_pixel_values", "labels"]
-    return {split: avmnist[split].select_columns(columns)[:] for split in ("train", "validation", "test")}
+    splits = {split: avmnist[split].select_columns(columns).with_format("torch")[:] for split in ("train", "validation", "test")}
+    if args.audio_pool > 1:  # the 112x112 spectrogram average-pooled (4x less audio-tower work at 2)
+        for split in splits.values():
+            split["audio_pixel_values"] = torch.nn.functional.avg_pool2d(split["audio_pixel_values"], args.audio_pool)
+    return splits
 
 
 def _only(data: dict, modality: str) -> dict:
@@ -138,7 +145,7 @@ def run_avmnist(method: str, seed: int, args, data: dict) -> dict:
         probabilities, validation = [], []
         for modality in ("image", "audio"):
             torch.manual_seed(seed)
-            model = I2MoEForClassification(avmnist_config((modality,), "vanilla"))
+            model = I2MoEForClassification(avmnist_config((modality,), "vanilla", audio_pool=args.audio_pool))
             splits = {name: _only(split, modality) for name, split in data.items()}
             validation.append(round(fit(model, splits)["accuracy"], 4))
             probabilities.append(_probabilities(model, splits["test"]))
@@ -147,22 +154,22 @@ def run_avmnist(method: str, seed: int, args, data: dict) -> dict:
                 "validation_accuracy": validation}
     torch.manual_seed(seed)
     if method in ("image", "audio"):
-        model = I2MoEForClassification(avmnist_config((method,), "vanilla"))
+        model = I2MoEForClassification(avmnist_config((method,), "vanilla", audio_pool=args.audio_pool))
         splits = {name: _only(split, method) for name, split in data.items()}
         return _result(model, splits["test"], [round(fit(model, splits)["accuracy"], 4)])
     if method == "dmil":
-        model = I2MoEForClassification(avmnist_config(("image", "audio"), "dmil"))
+        model = I2MoEForClassification(avmnist_config(("image", "audio"), "dmil", audio_pool=args.audio_pool))
         fits = train_dmil(model, data["train"], data["validation"], stages=dmil_stages(epochs), batch_size=args.batch_size,
                           seed=seed, modality_dropout=0.0)
         return _result(model, data["test"], [round(f["accuracy"], 4) for f in fits])
     family, fusion = method.rsplit("_", 1)
     fusion = {"lf": "concat", "lrtf": "lrtf"}[fusion]
     if family == "i2m2":
-        config = avmnist_config(("image", "audio"), "vanilla", fusion, i2m2_heads=True)
+        config = avmnist_config(("image", "audio"), "vanilla", fusion, args.audio_pool, i2m2_heads=True)
     elif family in I2MOE_SETTINGS:
-        config = avmnist_config(("image", "audio"), "i2moe", fusion, **I2MOE_SETTINGS[family])
+        config = avmnist_config(("image", "audio"), "i2moe", fusion, args.audio_pool, **I2MOE_SETTINGS[family])
     else:
-        config = avmnist_config(("image", "audio"), family, fusion)
+        config = avmnist_config(("image", "audio"), family, fusion, args.audio_pool)
     model = I2MoEForClassification(config)
     return _result(model, data["test"], [round(fit(model, data)["accuracy"], 4)])
 
@@ -181,6 +188,8 @@ def main() -> None:
     parser.add_argument("--avmnist_epochs", type=int, default=4)
     parser.add_argument("--avmnist_lr", type=float, default=1e-3)
     parser.add_argument("--batch_size", type=int, default=40, help="AV-MNIST batch size")
+    parser.add_argument("--audio_pool", type=int, default=1, choices=[1, 2, 4],
+                        help="average-pool the AV-MNIST spectrogram by this factor (2: 56x56, one audio block fewer)")
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--summarise", action="store_true", help="only print the tables")
     parser.add_argument("--markdown", action="store_true", help="only print the tables as markdown (for the docs)")
@@ -197,6 +206,7 @@ def main() -> None:
 def run_suite(args) -> None:
     if args.suite == "avmnist":
         budget = f"{args.avmnist_train}rows-{args.avmnist_epochs}ep-adamw{args.avmnist_lr:g}"
+        budget += f"-bs{args.batch_size}" + (f"-audiopool{args.audio_pool}" if args.audio_pool > 1 else "")
         jobs = [("avmnist", method, seed) for seed in args.seeds for method in (args.methods or AVMNIST_METHODS)]
         data = None
     else:

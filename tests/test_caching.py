@@ -70,13 +70,16 @@ def _logits_from_cache(model, cached: Dataset, collator, batch_size: int = 8) ->
                           for start in range(0, len(cached), batch_size)])
 
 
+@pytest.mark.parametrize("tower_batch_size", [None, 2], ids=["one-tower-call-per-map-batch", "tower-calls-of-2"])
 @pytest.mark.parametrize("text_tokens", [1, 3], ids=["pooled", "resampled"])
-def test_cached_features_give_the_logits_of_the_towers(tmp_path, text_tokens):
+def test_cached_features_give_the_logits_of_the_towers(tmp_path, text_tokens, tower_batch_size):
     model, processor = _tiny_model(text_tokens)
     rows = _rows()
     dataset = Dataset.from_dict(rows)
-    # batch_size 5 in the cache, 8 in the model: the padding of each text batch differs.
-    cached = cache_tower_features(model, processor, dataset, cache_dir=tmp_path, batch_size=5)
+    # batch_size 5 in the cache (split into tower calls of 2, around the missing rows, or not), 8 in
+    # the model: the padding of each text batch differs.
+    cached = cache_tower_features(model, processor, dataset, cache_dir=tmp_path, batch_size=5,
+                                  tower_batch_size=tower_batch_size)
     assert set(cached.column_names) == {"extra", "labels", feature_column("text"), feature_column("tabular")}
     assert cached[1][feature_column("text")] is None and cached[2][feature_column("tabular")] is None
     collator = CachedFeaturesCollator(processor, cached=["text", "tabular"])
