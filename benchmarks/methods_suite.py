@@ -49,8 +49,9 @@ PLANTED_METHODS = ("vanilla", "i2moe", "i2moe_xl", "i2m2", "dmil")
 I2MOE_SETTINGS = {"i2moe": {"i2moe_expert_loss_weight": 0.0}, "i2moe_xl": {"i2moe_expert_loss_weight": 1.0}}
 PLANTED_EPOCHS, PLANTED_LR, BATCH, DROPOUT = 30, 1e-3, 64, 0.3
 PLANTED_SIZES = (4000, 1000, 2000)
-AVMNIST_METHODS = ("image", "audio", "ensemble", "vanilla_lf", "vanilla_lrtf", "i2moe_lf", "i2moe_lrtf",
-                   "i2moe_xl_lf", "i2moe_xl_lrtf", "i2m2_lf", "i2m2_lrtf", "dmil")
+# `ensemble` also writes the `image`, `audio` and `intra` rows (from the same two unimodal models).
+AVMNIST_METHODS = ("ensemble", "vanilla_lf", "i2moe_lf", "dmil", "i2m2_lf", "vanilla_lrtf", "i2moe_lrtf", "i2m2_lrtf",
+                   "vanilla_transformer", "i2moe_transformer", "i2moe_i2m2_lf")
 TOWER_LAYERS = {"image": 3, "audio": 5}  # extra LeNet blocks at full resolution (28x28 image, 112x112 audio)
 
 
@@ -86,9 +87,14 @@ def run_planted(num_modalities: int, kind: str, method: str, seed: int) -> dict:
     return _result(model, test, validation_accuracy)
 
 
-def _result(model, test: dict, validation_accuracy: list[float]) -> dict:
+def _result(model, test: dict, validation_accuracy: list[float], fits: list[dict] = ()) -> dict:
+    """The test metrics of the (best-validation) model; with `fits`, each fit's validation accuracy
+    per epoch (`history`: where it plateaus) and best epoch."""
     metrics = evaluate(model, test)
     row = {"test_accuracy": round(metrics["accuracy"], 4), "validation_accuracy": validation_accuracy}
+    if fits:
+        row["history"] = [fit["history"] for fit in fits]
+        row["best_epoch"] = [fit["best_epoch"] for fit in fits]
     for field in ("component_accuracy", "mean_weight"):
         if field in metrics:
             row[field] = {name: round(value, 3) for name, value in metrics[field].items()}
@@ -130,48 +136,69 @@ def _only(data: dict, modality: str) -> dict:
 
 
 @torch.no_grad()
-def _probabilities(model, data: dict, batch_size: int = 500) -> torch.Tensor:
+def _log_probabilities(model, data: dict, batch_size: int = 500) -> torch.Tensor:
     model.eval()
     inputs = {key: value for key, value in data.items() if key != "labels"}
-    return torch.cat([model(**{key: value[start:start + batch_size] for key, value in inputs.items()}).logits.softmax(-1)
+    return torch.cat([model(**{key: value[start:start + batch_size] for key, value in inputs.items()}).logits.log_softmax(-1)
                       for start in range(0, len(data["labels"]), batch_size)])
+
+
+def unimodal_rows(seed: int, args, data: dict, fit) -> dict:
+    """The image-only and audio-only models of this seed, and from their test probabilities the
+    `ensemble` (mean probability) and I2M2's `intra` (product of the unimodal experts: summed
+    log-probabilities). The `ensemble` row, with the other three under `also`."""
+    log_probabilities, rows = [], {}
+    for modality in ("image", "audio"):
+        torch.manual_seed(seed)
+        model = I2MoEForClassification(avmnist_config((modality,), "vanilla", audio_pool=args.audio_pool))
+        splits = {name: _only(split, modality) for name, split in data.items()}
+        result = fit(model, splits)
+        rows[modality] = _result(model, splits["test"], [round(result["accuracy"], 4)], [result])
+        log_probabilities.append(_log_probabilities(model, splits["test"]))
+    labels = data["test"]["labels"]
+
+    def accuracy(scores: torch.Tensor) -> float:
+        return round(float((scores.argmax(-1) == labels).float().mean()), 4)
+
+    validation = [rows[modality]["validation_accuracy"][0] for modality in ("image", "audio")]
+    rows["intra"] = {"test_accuracy": accuracy(log_probabilities[0] + log_probabilities[1]), "validation_accuracy": validation}
+    ensemble = {"test_accuracy": accuracy(log_probabilities[0].exp() + log_probabilities[1].exp()),
+                "validation_accuracy": validation}
+    return {**ensemble, "also": rows}
 
 
 def run_avmnist(method: str, seed: int, args, data: dict) -> dict:
     epochs, lr = args.avmnist_epochs, args.avmnist_lr
+    start = time.time()
+
+    def progress(epoch: int, metrics: dict) -> None:
+        print(f"  {method} seed {seed} epoch {epoch + 1}: validation {metrics['accuracy']:.4f} "
+              f"({time.time() - start:.0f} s)", flush=True)
+
     fit = lambda model, splits: train_epochs(model, splits["train"], splits["validation"], epochs=epochs, lr=lr,
-                                             batch_size=args.batch_size, seed=seed, modality_dropout=0.0)
-    if method == "ensemble":  # the two unimodal models of this seed, trained here (not read back)
-        probabilities, validation = [], []
-        for modality in ("image", "audio"):
-            torch.manual_seed(seed)
-            model = I2MoEForClassification(avmnist_config((modality,), "vanilla", audio_pool=args.audio_pool))
-            splits = {name: _only(split, modality) for name, split in data.items()}
-            validation.append(round(fit(model, splits)["accuracy"], 4))
-            probabilities.append(_probabilities(model, splits["test"]))
-        predictions = (probabilities[0] + probabilities[1]).argmax(-1)
-        return {"test_accuracy": round(float((predictions == data["test"]["labels"]).float().mean()), 4),
-                "validation_accuracy": validation}
+                                             batch_size=args.batch_size, seed=seed, modality_dropout=0.0,
+                                             on_epoch=progress)
+    if method == "ensemble":
+        return unimodal_rows(seed, args, data, fit)
     torch.manual_seed(seed)
-    if method in ("image", "audio"):
-        model = I2MoEForClassification(avmnist_config((method,), "vanilla", audio_pool=args.audio_pool))
-        splits = {name: _only(split, method) for name, split in data.items()}
-        return _result(model, splits["test"], [round(fit(model, splits)["accuracy"], 4)])
     if method == "dmil":
         model = I2MoEForClassification(avmnist_config(("image", "audio"), "dmil", audio_pool=args.audio_pool))
         fits = train_dmil(model, data["train"], data["validation"], stages=dmil_stages(epochs), batch_size=args.batch_size,
-                          seed=seed, modality_dropout=0.0)
-        return _result(model, data["test"], [round(f["accuracy"], 4) for f in fits])
+                          seed=seed, modality_dropout=0.0, on_epoch=progress)
+        return _result(model, data["test"], [round(f["accuracy"], 4) for f in fits], fits)
     family, fusion = method.rsplit("_", 1)
-    fusion = {"lf": "concat", "lrtf": "lrtf"}[fusion]
+    fusion = {"lf": "concat", "lrtf": "lrtf", "transformer": "transformer"}[fusion]
     if family == "i2m2":
         config = avmnist_config(("image", "audio"), "vanilla", fusion, args.audio_pool, i2m2_heads=True)
+    elif family == "i2moe_i2m2":
+        config = avmnist_config(("image", "audio"), "i2moe", fusion, args.audio_pool, i2m2_heads=True)
     elif family in I2MOE_SETTINGS:
         config = avmnist_config(("image", "audio"), "i2moe", fusion, args.audio_pool, **I2MOE_SETTINGS[family])
     else:
         config = avmnist_config(("image", "audio"), family, fusion, args.audio_pool)
     model = I2MoEForClassification(config)
-    return _result(model, data["test"], [round(fit(model, data)["accuracy"], 4)])
+    result = fit(model, data)
+    return _result(model, data["test"], [round(result["accuracy"], 4)], [result])
 
 
 # --- driver ---
@@ -224,10 +251,12 @@ def run_suite(args) -> None:
             result = run_avmnist(method, seed, args, data)
         else:
             result = run_planted(num_modalities, kind, method, seed)
-        row = {"suite": args.suite, "kind": kind, "method": method, "seed": seed, "budget": budget, **result,
-               "seconds": round(time.time() - start, 1)}
-        append_row(RESULTS, row)
-        print({key: row[key] for key in (*KEY_FIELDS, "test_accuracy", "seconds")}, flush=True)
+        seconds = round(time.time() - start, 1)
+        for name, fields in [(method, result), *result.pop("also", {}).items()]:
+            row = {"suite": args.suite, "kind": kind, "method": name, "seed": seed, "budget": budget, **fields,
+                   "seconds": seconds}
+            append_row(RESULTS, row)
+            print({key: row[key] for key in (*KEY_FIELDS, "test_accuracy", "seconds")}, flush=True)
 
 
 def summarise() -> None:

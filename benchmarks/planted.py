@@ -105,12 +105,7 @@ def evaluate(model: I2MoEForClassification, data: dict[str, torch.Tensor], batch
         labels = batch.pop("labels")
         out = model(**batch)
         correct += int((out.logits.argmax(-1) == labels).sum())
-        component_logits = getattr(out, "component_logits", None)
-        if component_logits is None:
-            component_logits = getattr(out, "component_logits", None)
-        weights = getattr(out, "gate_weights", None)
-        if weights is None:
-            weights = getattr(out, "component_weights", None)
+        component_logits, weights = out.component_logits, out.component_weights
         if component_logits is not None:
             hits = (component_logits.argmax(-1) == labels[:, None]).sum(0)
             component_correct = hits if component_correct is None else component_correct + hits
@@ -162,7 +157,7 @@ def train_epochs(model, train: dict, validation: dict, *, epochs: int, lr: float
 
 
 def train_dmil(model, train: dict, validation: dict, *, stages, batch_size: int, seed: int,
-               modality_dropout: float) -> list[dict]:
+               modality_dropout: float, on_epoch=None) -> list[dict]:
     """DMIL's three stages as `run_dmil_schedule` runs them (`apply_dmil_stage`, a fresh optimiser
     per stage, each stage from the previous stage's best validation epoch), without Trainer's
     per-step overhead. `stages`: three (epochs, lr) pairs."""
@@ -170,7 +165,7 @@ def train_dmil(model, train: dict, validation: dict, *, stages, batch_size: int,
     for stage, (epochs, lr) in enumerate(stages, start=1):
         apply_dmil_stage(model, stage)
         results.append(train_epochs(model, train, validation, epochs=epochs, lr=lr, batch_size=batch_size,
-                                    seed=seed + stage, modality_dropout=modality_dropout))
+                                    seed=seed + stage, modality_dropout=modality_dropout, on_epoch=on_epoch))
     return results
 
 

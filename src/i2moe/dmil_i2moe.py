@@ -237,7 +237,7 @@ class DMILInteraction(nn.Module):
 
     @property
     def component_names(self) -> list[str]:
-        """Names of the components, in the order of `component_logits` and `gate_weights`."""
+        """Names of the components, in the order of `component_logits` and `component_weights`."""
         if self.full_decomposition:
             return interaction_component_names(self.modality_names)
         return [f"intra_{name}" for name in self.modality_names] + ["synergy"]
