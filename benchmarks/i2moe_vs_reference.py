@@ -12,9 +12,10 @@ dropout 0.1 everywhere, embeddings given (M modalities of 16 tokens of width 256
 timed step alternates between the two implementations (reference, ours, reference, ...), so load on
 a shared machine hits both alike; figures are medians. Rows (one per setting x precision x step x
 variant) go to `benchmarks/results/i2moe_vs_reference_<device>.json`: `reference_ms`, `ours_ms`
-(I2MoE) and `reference_vanilla_ms`, `ours_vanilla_ms` (the same fusion backbone alone), plus peak
-memory of a train step (CPU: the process's peak RSS growth in a fresh subprocess per implementation;
-CUDA: `max_memory_allocated`). `--saved-activations` measures training memory independently of the
+(I2MoE) and `reference_vanilla_ms`, `ours_vanilla_ms` (the same fusion backbone alone).
+`--peak-memory` measures the peak memory of a train step instead (CPU: the process's peak RSS growth
+in a fresh subprocess per implementation, at a fixed malloc mmap threshold; CUDA:
+`max_memory_allocated`) into `i2moe_peak_memory_<device>.json`. `--saved-activations` measures training memory independently of the
 allocator (the bytes the autograd graph of one train forward keeps); `--chunk-sweep` times ours at
 several `chunk_rows`; `--ours-mlp-ratio 4` gives ours its default MLP width (4d) instead of the
 reference's; `--table` prints the docs table from the JSON. On a GPU machine:
@@ -194,13 +195,15 @@ FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
 
 
 def peak_memory_mib(implementation: str, method: str, setting: str, device: str, precision: str, reference: str,
-                    overrides: dict) -> float:
-    """Peak memory of train steps above what the built model and inputs hold."""
+                    overrides: dict, fixed_mmap_threshold: bool = True) -> float:
+    """Peak memory of a train step above what the model, its Adam state and the inputs hold."""
     if device == "cpu":  # peak RSS is per process: measure each one in a fresh interpreter
         command = [sys.executable, __file__, "--reference", reference, "--memory-only", implementation, method,
-                   setting, precision, "--overrides", json.dumps(overrides)]
-        return float(subprocess.run(command, capture_output=True, text=True, check=True,
-                                    env={**os.environ, **FIXED_MMAP_THRESHOLD}).stdout.split()[-1])
+                   setting, precision, "--overrides", json.dumps(overrides), "--threads", str(torch.get_num_threads())]
+        env = {key: value for key, value in os.environ.items() if key not in FIXED_MMAP_THRESHOLD}
+        if fixed_mmap_threshold:
+            env.update(FIXED_MMAP_THRESHOLD)
+        return float(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout.split()[-1])
     return _measure_peak(implementation, method, setting, device, precision, import_reference(reference), overrides)
 
 
@@ -261,8 +264,8 @@ def make_inputs(setting: str, device: str):
     return tokens, labels
 
 
-def measure_setting(setting: str, precision: str, device: str, steps: int, warmup: int, classes, reference: str,
-                    variant: str, overrides: dict, memory: bool, mlp_ratio: int = 2) -> list[dict]:
+def measure_setting(setting: str, precision: str, device: str, steps: int, warmup: int, classes,
+                    variant: str, overrides: dict, mlp_ratio: int = 2) -> list[dict]:
     tokens, labels = make_inputs(setting, device)
     functions = {}
     for implementation in IMPLEMENTATIONS:
@@ -284,11 +287,6 @@ def measure_setting(setting: str, precision: str, device: str, steps: int, warmu
         row["vanilla_ours_over_reference"] = round(row["ours_vanilla_ms"] / row["reference_vanilla_ms"], 3)
         row["reference_over_vanilla"] = round(row["reference_ms"] / row["reference_vanilla_ms"], 2)
         row["ours_over_vanilla"] = round(row["ours_ms"] / row["ours_vanilla_ms"], 2)
-        if step == "train" and memory:
-            row["reference_peak_mib"] = round(peak_memory_mib("reference", "i2moe", setting, device, precision,
-                                                              reference, {}), 1)
-            row["ours_peak_mib"] = round(peak_memory_mib("ours", "i2moe", setting, device, precision, reference,
-                                                         overrides), 1)
         row.update(device=device, batch_size=BATCH_SIZE, steps=steps, warmup=warmup, threads=torch.get_num_threads(),
                    torch=torch.__version__, machine=platform.processor() or platform.machine())
         print(json.dumps(row), flush=True)
@@ -317,17 +315,38 @@ def chunk_sweep(setting: str, precision: str, device: str, steps: int, warmup: i
 def markdown_table(rows: list[dict]) -> str:
     """The docs table (docs/i2moe.md) of the rows of `i2moe_vs_reference_<device>.json`."""
     lines = ["| setting | precision | variant | step | reference | ours | ours / reference | "
-             "vanilla: reference, ours (ours / reference) | I2MoE / vanilla: reference, ours | "
-             "train peak: reference, ours |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "vanilla: reference, ours (ours / reference) | I2MoE / vanilla: reference, ours |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        peak = (f"{row['reference_peak_mib']:.0f}, {row['ours_peak_mib']:.0f} MiB" if "ours_peak_mib" in row else "")
         lines.append(
             f"| {row['setting']} | {row['precision']} | {row['variant']} | {row['step']} | {row['reference_ms']:.0f} ms | "
             f"{row['ours_ms']:.0f} ms | **{row['ours_over_reference']:.2f}x** | {row['reference_vanilla_ms']:.0f}, "
             f"{row['ours_vanilla_ms']:.0f} ms ({row['vanilla_ours_over_reference']:.2f}x) | "
-            f"{row['reference_over_vanilla']:.1f}x, {row['ours_over_vanilla']:.1f}x | {peak} |")
+            f"{row['reference_over_vanilla']:.1f}x, {row['ours_over_vanilla']:.1f}x |")
     return "\n".join(lines)
+
+
+# Our variants whose training peak is compared with the reference's (`--peak-memory`).
+MEMORY_VARIANTS = {"default": {}, "checkpoint_experts": {"checkpoint_experts": True},
+                   "subsample_0.25": {"perturbation_fraction": 0.25}}
+
+
+def peak_memory_rows(settings: list[str], device: str, reference: str) -> list[dict]:
+    """The training peak of the reference and of each of our `MEMORY_VARIANTS` (fp32); on CPU also as
+    glibc's default malloc reports it (`FIXED_MMAP_THRESHOLD` explains why that figure misleads)."""
+    rows = []
+    for setting in settings:
+        measured = [("reference", "reference", {})] + [("ours", name, overrides) for name, overrides in MEMORY_VARIANTS.items()]
+        for implementation, variant, overrides in measured:
+            row = {"setting": setting, "precision": "fp32", "implementation": implementation, "variant": variant,
+                   "overrides": overrides, "device": device,
+                   "peak_mib": round(peak_memory_mib(implementation, "i2moe", setting, device, "fp32", reference, overrides), 1)}
+            if device == "cpu":
+                row["peak_mib_default_malloc"] = round(peak_memory_mib(implementation, "i2moe", setting, device, "fp32",
+                                                                       reference, overrides, fixed_mmap_threshold=False), 1)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
 
 
 def main(argv=None) -> None:
@@ -342,7 +361,10 @@ def main(argv=None) -> None:
     parser.add_argument("--overrides", default="{}", help="JSON of `config.i2moe` fields for ours (e.g. subsampling)")
     parser.add_argument("--ours-mlp-ratio", type=int, default=2,
                         help="our transformer MLP width / d (2: the reference's; 4: our default)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--peak-memory", action="store_true",
+                        help="only the training peak of the reference and our variants, each in a fresh process (CPU: "
+                             "peak RSS growth at a fixed malloc mmap threshold; CUDA: max_memory_allocated); writes "
+                             "i2moe_peak_memory_<device>.json")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--chunk-sweep", nargs="+", type=int, default=None, metavar="ROWS",
                         help="time only ours at these chunk_rows (0: stacked); writes i2moe_chunk_sweep_<device>.json")
@@ -367,6 +389,10 @@ def main(argv=None) -> None:
         implementation, method, setting, precision = args.memory_only
         print(_measure_peak(implementation, method, setting, args.device, precision, classes, overrides))
         return
+    if args.peak_memory:
+        path = RESULTS / f"i2moe_peak_memory_{args.device}.json"
+        path.write_text(json.dumps(peak_memory_rows(args.settings, args.device, args.reference), indent=2) + "\n")
+        return
     if args.saved_activations:
         variants = {"stacked": {"execution": "stacked"}, "auto": {}, "checkpoint_experts": {"checkpoint_experts": True},
                     "subsample_0.25": {"perturbation_fraction": 0.25}}
@@ -383,8 +409,8 @@ def main(argv=None) -> None:
     rows = json.loads(out_path.read_text()) if out_path.exists() else []
     for setting in args.settings:
         for precision in args.precisions:
-            new = measure_setting(setting, precision, args.device, args.steps, args.warmup, classes, args.reference,
-                                  args.variant, overrides, memory=not args.no_memory, mlp_ratio=args.ours_mlp_ratio)
+            new = measure_setting(setting, precision, args.device, args.steps, args.warmup, classes,
+                                  args.variant, overrides, mlp_ratio=args.ours_mlp_ratio)
             keys = {(r["setting"], r["precision"], r["step"], r["variant"]) for r in new}
             rows = [r for r in rows if (r["setting"], r["precision"], r["step"], r["variant"]) not in keys] + new
             RESULTS.mkdir(parents=True, exist_ok=True)

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from planted import (append_row, evaluate, finished_keys, median, planted_config, planted_data, planted_kinds,
@@ -46,7 +48,9 @@ KEY_FIELDS = ("suite", "kind", "method", "seed", "budget")
 PLANTED_METHODS = ("vanilla", "i2moe", "i2moe_xl", "i2m2", "dmil")
 # I2MoE with the paper's objective (no expert task loss) and with each expert's own task loss
 # (weight 1, issue 14): pinned here, so a row means the same whatever the package default.
-I2MOE_SETTINGS = {"i2moe": {"i2moe_expert_loss_weight": 0.0}, "i2moe_xl": {"i2moe_expert_loss_weight": 1.0}}
+I2MOE_SETTINGS = {"i2moe": {"i2moe_expert_loss_weight": 0.0}, "i2moe_xl": {"i2moe_expert_loss_weight": 1.0},
+                  # issue 15: the perturbed passes on a quarter of each batch's rows
+                  "i2moe_sub25": {"i2moe": {"expert_loss_weight": 0.0, "perturbation_fraction": 0.25}}}
 PLANTED_EPOCHS, PLANTED_LR, BATCH, DROPOUT = 30, 1e-3, 64, 0.3
 PLANTED_SIZES = (4000, 1000, 2000)
 # `ensemble` also writes the `image`, `audio` and `intra` rows (from the same two unimodal models).
@@ -201,12 +205,88 @@ def run_avmnist(method: str, seed: int, args, data: dict) -> dict:
     return _result(model, data["test"], [round(result["accuracy"], 4)], [result])
 
 
+# --- fashion products: frozen pretrained towers, cached features ---
+
+FASHION_METHODS = ("unimodal", "vanilla", "i2moe", "i2m2", "dmil")
+FASHION_EPOCHS, FASHION_LR, FASHION_BATCH = 20, 2e-3, 128
+
+
+def fashion_splits(args) -> tuple[dict, dict]:
+    """The demo's data and towers (`examples/run_classification.py`: EfficientNet-Lite0 at 128x128 and
+    all-MiniLM-L6-v2, frozen), their outputs cached once (`i2moe.caching`, shared with the demo) ->
+    per split `{image,text}_tower_features` and `labels` tensors, and the towers' configs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import run_classification
+
+    from i2moe import I2MoEProcessor
+    from i2moe.caching import cache_tower_features, feature_column
+
+    model_args = run_classification.ModelArguments(method="vanilla", hidden_size=256, fusion="concat", image_size=128)
+    task = run_classification.build_fashion(run_classification.DataArguments(target=args.fashion_target), model_args)
+    model = run_classification.build_model(task, model_args, task.dataset["train"]["labels"])
+    processor = I2MoEProcessor(task.processors, text_max_length=32)
+    splits = {}
+    for split in ("train", "validation", "test"):
+        cached = cache_tower_features(model, processor, task.dataset[split], batch_size=256)
+        splits[split] = {feature_column(name): torch.as_tensor(np.stack(cached[feature_column(name)]))
+                         for name in ("image", "text")}
+        splits[split]["labels"] = torch.as_tensor(cached["labels"])
+    towers = {name: tower.config for name, tower in task.towers.items()}
+    return splits, {"towers": towers, "num_labels": len(task.label_names)}
+
+
+def fashion_config(spec: dict, modalities: tuple[str, ...], method: str, **overrides) -> I2MoEConfig:
+    """The demo's model (frozen towers, mean pooling, width 256, concat fusion, modality dropout 0.3
+    in training) for `modalities`; the towers are never run (their cached outputs are the inputs)."""
+    return I2MoEConfig(
+        modalities=[{"name": name, "tower": spec["towers"][name], "freeze": True, "pooling": "mean"} for name in modalities],
+        hidden_size=256, fusion="concat", num_labels=spec["num_labels"], method=method,
+        problem_type="single_label_classification", modality_dropout=0.3 if len(modalities) > 1 else 0.0, **overrides,
+    )
+
+
+def run_fashion(method: str, seed: int, args, data: tuple[dict, dict]) -> dict:
+    splits, spec = data
+    fit = lambda model, parts, dropout: train_epochs(model, parts["train"], parts["validation"], epochs=FASHION_EPOCHS,
+                                                     lr=FASHION_LR, batch_size=FASHION_BATCH, seed=seed,
+                                                     modality_dropout=dropout, weight_decay=0.01)
+    both = ("image", "text")
+    if method == "unimodal":  # image-only and text-only, and their mean-probability ensemble
+        rows, log_probabilities = {}, []
+        for name in both:
+            torch.manual_seed(seed)
+            model = I2MoEForClassification(fashion_config(spec, (name,), "vanilla"))
+            parts = {split: {key: value for key, value in columns.items() if key.startswith(name) or key == "labels"}
+                     for split, columns in splits.items()}
+            result = fit(model, parts, 0.0)
+            rows[name] = _result(model, parts["test"], [round(result["accuracy"], 4)], [result])
+            log_probabilities.append(_log_probabilities(model, parts["test"]))
+        predictions = (log_probabilities[0].exp() + log_probabilities[1].exp()).argmax(-1)
+        accuracy = round(float((predictions == splits["test"]["labels"]).float().mean()), 4)
+        return {"test_accuracy": accuracy, "validation_accuracy": [rows[name]["validation_accuracy"][0] for name in both],
+                "also": rows}
+    torch.manual_seed(seed)
+    if method == "dmil":
+        model = I2MoEForClassification(fashion_config(spec, both, "dmil"))
+        fits = train_dmil(model, splits["train"], splits["validation"], stages=dmil_stages(FASHION_EPOCHS),
+                          batch_size=FASHION_BATCH, seed=seed, modality_dropout=0.3)
+        return _result(model, splits["test"], [round(f["accuracy"], 4) for f in fits], fits)
+    if method == "i2m2":
+        config = fashion_config(spec, both, "vanilla", i2m2_heads=True)
+    else:
+        config = fashion_config(spec, both, method, **I2MOE_SETTINGS.get(method, {}))
+    model = I2MoEForClassification(config)
+    result = fit(model, splits, 0.3)
+    return _result(model, splits["test"], [round(result["accuracy"], 4)], [result])
+
+
 # --- driver ---
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["planted2", "planted3", "avmnist"])
+    parser.add_argument("--suite", choices=["planted2", "planted3", "avmnist", "fashion"])
+    parser.add_argument("--fashion_target", default="articleType", help="fashion: the column to predict")
     parser.add_argument("--kinds", nargs="+", default=None, help="planted kinds (default: all of the suite)")
     parser.add_argument("--methods", nargs="+", default=None, help="methods (default: all of the suite)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -236,6 +316,10 @@ def run_suite(args) -> None:
         budget += f"-bs{args.batch_size}" + (f"-audiopool{args.audio_pool}" if args.audio_pool > 1 else "")
         jobs = [("avmnist", method, seed) for seed in args.seeds for method in (args.methods or AVMNIST_METHODS)]
         data = None
+    elif args.suite == "fashion":
+        budget = f"all-rows-{FASHION_EPOCHS}ep-adamw{FASHION_LR:g}-bs{FASHION_BATCH}"
+        jobs = [(args.fashion_target, method, seed) for seed in args.seeds for method in (args.methods or FASHION_METHODS)]
+        data = None
     else:
         num_modalities = int(args.suite[-1])
         budget = f"{PLANTED_SIZES[0]}rows-{PLANTED_EPOCHS}ep"
@@ -249,6 +333,9 @@ def run_suite(args) -> None:
         if args.suite == "avmnist":
             data = data or avmnist_splits(args)
             result = run_avmnist(method, seed, args, data)
+        elif args.suite == "fashion":
+            data = data or fashion_splits(args)
+            result = run_fashion(method, seed, args, data)
         else:
             result = run_planted(num_modalities, kind, method, seed)
         seconds = round(time.time() - start, 1)
