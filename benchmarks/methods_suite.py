@@ -300,9 +300,15 @@ def main() -> None:
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--summarise", action="store_true", help="only print the tables")
     parser.add_argument("--markdown", action="store_true", help="only print the tables as markdown (for the docs)")
+    parser.add_argument("--acceptance", nargs="+", metavar="SUITE=BUDGET",
+                        help="only print issue 14's per-seed acceptance table for these budgets, e.g. "
+                             "avmnist=10000rows-15ep-adamw0.001-bs64-audiopool2 fashion=all-rows-20ep-adamw0.002-bs128")
     args = parser.parse_args()
     if args.markdown:
         markdown_tables()
+        return
+    if args.acceptance:
+        acceptance_table(dict(item.split("=", 1) for item in args.acceptance))
         return
     if not args.summarise:
         torch.set_num_threads(1)
@@ -366,6 +372,38 @@ def summarise() -> None:
                 values = [round(100 * row["test_accuracy"], 2) for row in group]
                 print(f"  {kind:14s} {method:13s} {100 * median([row['test_accuracy'] for row in group]):6.2f} "
                       f"gap {gap}  {values}")
+
+
+# Issue 14's acceptance, per seed: (suite, method, the rows whose best it must reach).
+ACCEPTANCE = [
+    ("avmnist", "i2moe_lf", ("vanilla_lf",)), ("avmnist", "i2moe_lrtf", ("vanilla_lrtf",)),
+    ("avmnist", "i2moe_transformer", ("vanilla_transformer",)), ("avmnist", "dmil", ("vanilla_lf", "ensemble")),
+    ("avmnist", "i2m2_lf", ("intra", "vanilla_lf")), ("avmnist", "i2m2_lrtf", ("intra", "vanilla_lrtf")),
+    ("avmnist", "i2moe_sub25_lf", ("i2moe_lf",)),
+    *(("fashion", method, ("image", "text")) for method in ("vanilla", "i2moe", "i2m2", "dmil")),
+]
+
+
+def acceptance_table(budgets: dict[str, str]) -> None:
+    """Per seed, each method of `ACCEPTANCE` against the best of its baselines (markdown): met when
+    it is at least as accurate. `budgets`: the budget per suite."""
+    rows = read_rows(RESULTS)
+    accuracy = {(row["suite"], row["method"], row["seed"]): row["test_accuracy"] for row in rows
+                if row["budget"] == budgets.get(row["suite"])}
+    print("| suite | method | must reach | seed: method vs best baseline (gap) | met on |")
+    print("|---|---|---|---|---|")
+    for suite, method, baselines in ACCEPTANCE:
+        seeds = sorted(seed for (row_suite, row_method, seed) in accuracy if (row_suite, row_method) == (suite, method))
+        cells, met = [], 0
+        for seed in seeds:
+            if any((suite, baseline, seed) not in accuracy for baseline in baselines):
+                continue
+            best = max(accuracy[(suite, baseline, seed)] for baseline in baselines)
+            value = accuracy[(suite, method, seed)]
+            met += value >= best
+            cells.append(f"{seed}: {100 * value:.2f} vs {100 * best:.2f} ({100 * (value - best):+.2f})")
+        if cells:
+            print(f"| {suite} | {method} | max({', '.join(baselines)}) | {'; '.join(cells)} | {met} of {len(cells)} |")
 
 
 def markdown_tables() -> None:
