@@ -161,6 +161,16 @@ def test_prior_estimated_from_labels_or_predictions_and_checked():
         attribute(model, _rows([[1, 1]], labels=[0]), prior=[1, 0], progress=False)
 
 
+def test_the_configs_training_prior_comes_before_the_datas_labels():
+    model = TableModel(TWO_MODALITY_TABLE)
+    model.config.label_prior = [0.6, 0.4]  # what run_classification saves: the training split's frequencies
+    result = attribute(model, _rows([[1, 1]] * 4, labels=[0, 0, 0, 1]), progress=False)
+    assert result.prior_source == "config.label_prior"
+    np.testing.assert_allclose(result.subset_values[:, 0], np.log([0.6, 0.6, 0.6, 0.4]), atol=1e-6)
+    given = attribute(model, _rows([[1, 1]], labels=[1]), prior=[1, 3], progress=False)  # an explicit prior wins
+    assert given.prior_source == "given" and abs(given.subset_values[0, 0] - math.log(0.75)) < 1e-6
+
+
 def test_multi_label_is_attributed_per_label_as_bernoulli():
     table = {0b01: [2.0, -1.0], 0b10: [0.0, 1.0], 0b11: [3.0, 0.5]}
     model = TableModel(table, problem_type="multi_label_classification")

@@ -80,3 +80,17 @@ def test_invalid_modalities_raise_clear_errors():
         I2MoEConfig(modalities=[{"name": "a", "tower": 3}])
     with pytest.raises(ValueError, match="input_size"):
         I2MoEFeaturesConfig(input_size=0)
+
+
+def test_label_prior_is_checked_and_saved(tmp_path):
+    config = make_config(label_prior=[0.5, 0.25, 0.25])
+    config.save_pretrained(tmp_path)
+    assert I2MoEConfig.from_pretrained(tmp_path).label_prior == [0.5, 0.25, 0.25]
+    with pytest.raises(ValueError, match="`label_prior` must be a list of 3 numbers"):
+        make_config(label_prior=[0.5, 0.5])
+    with pytest.raises(ValueError, match="`label_prior` must be a list of 3 numbers"):
+        make_config(label_prior="uniform")
+    with pytest.raises(ValueError, match="class frequencies, all > 0"):
+        make_config(label_prior=[1.0, 0.0, 0.0], problem_type="single_label_classification")
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        make_config(label_prior=[0.5, 1.0, 0.2], problem_type="multi_label_classification")
