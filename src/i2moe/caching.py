@@ -82,8 +82,8 @@ def cache_tower_features(model, processor, dataset: Dataset, modalities: list[st
         batch_size: samples per `map` batch (one processor call, one Arrow write).
         tower_batch_size: samples per tower call within a `map` batch. Default: 16 on CPU, where
             a small batch keeps a convolutional tower's activations in cache (EfficientNet-Lite0
-            at 128x128 on 2 cores: 215 images/s at 16, 115 at 64, 85 at 256; MiniLM about level
-            from 16 to 64), else `batch_size`.
+            at 128x128 on 2 cores: 306 images/s at 16, 136 at 64, 88 at 256; MiniLM 348-381
+            names/s from 16 to 64; `benchmarks/tower_batch_size.py`), else `batch_size`.
 
     Returns:
         The dataset with `{modality}_tower_features` columns (a `(h,)` vector per sample, or an
