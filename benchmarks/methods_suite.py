@@ -12,7 +12,12 @@ Rows (`--suite`):
   audio 5) trained from scratch; rows `image`, `audio`, `ensemble` (mean probability of those two),
   `vanilla_lf`, `vanilla_lrtf`, `i2moe_lf`, `i2moe_lrtf`, `i2moe_xl_lf`, `i2moe_xl_lrtf`, `i2m2_lf`, `i2m2_lrtf` (I2M2 heads and
   the fusion trained jointly from scratch), `dmil`; `--avmnist_epochs` epochs each (DMIL: the
-  default stages scaled to that budget), AdamW at `--avmnist_lr`.
+  default stages scaled to that budget; `dmil_late`: 4 / 1 / 10 of 15), AdamW at `--avmnist_lr`.
+- `fashion`: the demo's products with frozen EfficientNet-Lite0 + MiniLM features, cached once.
+- Staged rows (both suites), fine-tuned from trained parts saved under `--parts_dir`:
+  `i2m2_staged_<fusion>` (I2M2 as its paper trains it: the unimodal models and the fusion trained
+  separately, their product fine-tuned jointly), `i2moe_warm_<fusion>` (I2MoE whose experts all start
+  as the trained fusion), `vanilla_warm_<fusion>` (that fusion fine-tuned by the same schedule).
 
 Each finished (suite, kind, method, seed, budget) appends a JSON line to
 `benchmarks/results/methods_suite.jsonl`; rerunning skips finished rows, so the suite resumes where
@@ -61,10 +66,15 @@ AVMNIST_METHODS = ("ensemble", "vanilla_lf", "i2moe_lf", "dmil", "i2m2_lf", "van
 TOWER_LAYERS = {"image": 3, "audio": 5}  # extra LeNet blocks at full resolution (28x28 image, 112x112 audio)
 
 
-def dmil_stages(total_epochs: int) -> list[tuple[int, float]]:
-    """`DEFAULT_DMIL_STAGES` (10 / 5 / 15 epochs) scaled to `total_epochs`, at least 1 epoch each."""
-    default_total = sum(stage.num_train_epochs for stage in DEFAULT_DMIL_STAGES)
-    epochs = [max(1, round(stage.num_train_epochs * total_epochs / default_total)) for stage in DEFAULT_DMIL_STAGES[:2]]
+# DMIL's split of the epochs over its three stages (scaled to the budget): the default's 10 / 5 / 15,
+# and `dmil_late` (4 / 1 / 10 of 15): more of the budget on stage 3, the only stage that trains the
+# towers on the fused prediction (stage-3 validation still rose at its last epoch on AV-MNIST).
+DMIL_SPLITS = {"dmil": tuple(stage.num_train_epochs for stage in DEFAULT_DMIL_STAGES), "dmil_late": (4, 1, 10)}
+
+
+def dmil_stages(total_epochs: int, split: tuple[int, int, int] = DMIL_SPLITS["dmil"]) -> list[tuple[int, float]]:
+    """`DEFAULT_DMIL_STAGES`' learning rates, the epochs `split` scaled to `total_epochs`, at least 1 each."""
+    epochs = [max(1, round(count * total_epochs / sum(split))) for count in split[:2]]
     epochs.append(max(1, total_epochs - sum(epochs)))
     return [(count, stage.learning_rate) for count, stage in zip(epochs, DEFAULT_DMIL_STAGES)]
 
@@ -159,6 +169,7 @@ def unimodal_rows(seed: int, args, data: dict, fit) -> dict:
         model = I2MoEForClassification(avmnist_config((modality,), "vanilla", audio_pool=args.audio_pool))
         splits = {name: _only(split, modality) for name, split in data.items()}
         result = fit(model, splits)
+        save_part(model, args, seed, modality)
         rows[modality] = _result(model, splits["test"], [round(result["accuracy"], 4)], [result])
         log_probabilities.append(_log_probabilities(model, splits["test"]))
     labels = data["test"]["labels"]
@@ -186,11 +197,13 @@ def run_avmnist(method: str, seed: int, args, data: dict) -> dict:
                                              on_epoch=progress)
     if method == "ensemble":
         return unimodal_rows(seed, args, data, fit)
+    if method in STAGED_METHODS:
+        return run_avmnist_staged(method, seed, args, data)
     torch.manual_seed(seed)
-    if method == "dmil":
+    if method in DMIL_SPLITS:
         model = I2MoEForClassification(avmnist_config(("image", "audio"), "dmil", audio_pool=args.audio_pool))
-        fits = train_dmil(model, data["train"], data["validation"], stages=dmil_stages(epochs), batch_size=args.batch_size,
-                          seed=seed, modality_dropout=0.0, on_epoch=progress)
+        fits = train_dmil(model, data["train"], data["validation"], stages=dmil_stages(epochs, DMIL_SPLITS[method]),
+                          batch_size=args.batch_size, seed=seed, modality_dropout=0.0, on_epoch=progress)
         return _result(model, data["test"], [round(f["accuracy"], 4) for f in fits], fits)
     family, fusion = method.rsplit("_", 1)
     fusion = {"lf": "concat", "lrtf": "lrtf", "transformer": "transformer"}[fusion]
@@ -204,13 +217,107 @@ def run_avmnist(method: str, seed: int, args, data: dict) -> dict:
         config = avmnist_config(("image", "audio"), family, fusion, args.audio_pool)
     model = I2MoEForClassification(config)
     result = fit(model, data)
+    if method in PART_METHODS:
+        save_part(model, args, seed, method)
     return _result(model, data["test"], [round(result["accuracy"], 4)], [result])
+
+
+# --- staged initialisation: methods fine-tuned from trained parts ---
+
+# The models other rows train, saved for the staged rows: the unimodal models (AV-MNIST `ensemble`,
+# fashion `unimodal`) and the plain fusions. A staged row trains the parts it lacks (same seed, same
+# fit) before fine-tuning.
+PART_METHODS = ("vanilla_lf", "vanilla_lrtf", "vanilla")
+# `i2m2_staged*`: the paper's recipe (METHODS.md §2: each unimodal model and the inter model trained
+# separately, then their product fine-tuned jointly; separate towers). `i2moe_warm*`: I2MoE whose
+# towers and every expert start from the trained fusion it wraps (issue 14's "expert
+# initialisation"). `vanilla_warm*`: that fusion fine-tuned by the same schedule, the same-budget
+# baseline of `i2moe_warm*`. Fine-tuning: `--finetune_epochs` at `--finetune_lr` (default: a tenth of
+# the suite's lr, as the paper's joint lr), the best validation epoch kept.
+STAGED_METHODS = ("i2m2_staged_lf", "i2m2_staged_lrtf", "i2moe_warm_lf", "vanilla_warm_lf",
+                  "i2m2_staged", "i2moe_warm", "vanilla_warm")
+
+
+def run_avmnist_staged(method: str, seed: int, args, data: dict) -> dict:
+    fusion = method.rsplit("_", 1)[1]
+
+    def part(name: str) -> I2MoEForClassification:
+        unimodal = name in ("image", "audio")
+        train = lambda: run_avmnist("ensemble" if unimodal else name, seed, args, data)
+        return load_part(args, seed, name, train, _only(data["test"], name) if unimodal else data["test"])
+
+    return finetune_staged(method, seed, args, data, part, f"vanilla_{fusion}", ("image", "audio"), args.avmnist_lr,
+                           batch_size=args.batch_size, modality_dropout=0.0)
+
+
+def part_dir(args, seed: int, name: str) -> Path:
+    return Path(args.parts_dir) / args.parts_key / f"seed{seed}" / name
+
+
+def save_part(model, args, seed: int, name: str) -> None:
+    model.save_pretrained(part_dir(args, seed, name))
+
+
+def load_part(args, seed: int, name: str, train, test: dict) -> I2MoEForClassification:
+    """The saved part `name` of this suite, budget and seed, made by `train()` first when missing
+    (the row that trains it, so it is the model behind that row); its test accuracy on `test` is
+    kept as `model.part_test_accuracy`."""
+    if not part_dir(args, seed, name).exists():
+        train()
+    model = I2MoEForClassification.from_pretrained(part_dir(args, seed, name))
+    model.part_test_accuracy = round(evaluate(model, test)["accuracy"], 4)
+    print(f"  part {name} seed {seed}: test {model.part_test_accuracy:.4f}", flush=True)
+    return model
+
+
+def warm_i2moe(fusion_model) -> I2MoEForClassification:
+    """I2MoE with the trained fusion's towers, projections and null tokens, and its fusion backbone in
+    each of the K expert stacks (the reweighting model fresh): at the start every expert predicts
+    what the fusion predicts, so the mixture does too, whatever its weights."""
+    config = I2MoEConfig(**{**fusion_model.config.to_dict(), "method": "i2moe"})
+    model = I2MoEForClassification(config)
+    state = {key.replace("interaction.backbone.", "interaction.experts."): value
+             for key, value in fusion_model.state_dict().items()}
+    for key, value in model.interaction.experts.state_dict().items():
+        state[f"interaction.experts.{key}"] = state[f"interaction.experts.{key}"].expand_as(value).clone()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(key.startswith("interaction.reweighting.") for key in missing), (missing, unexpected)
+    return model
+
+
+def staged_start(method: str, inter_name: str, unimodal_names: tuple[str, ...], part) -> tuple:
+    """The model a staged row fine-tunes, built from `part(name)` models, and the parts' test accuracies."""
+    inter = part(inter_name)
+    if method.startswith("i2m2"):
+        unimodal = {name: part(name) for name in unimodal_names}
+        model = I2MoEForClassification.from_i2m2_parts(unimodal=unimodal, inter=inter)
+        parts = {**unimodal, inter_name: inter}
+    else:
+        model = warm_i2moe(inter) if method.startswith("i2moe") else inter
+        parts = {inter_name: inter}
+    return model, {name: part.part_test_accuracy for name, part in parts.items()}
+
+
+def finetune_staged(method: str, seed: int, args, splits: dict, part, inter_name: str, unimodal_names: tuple[str, ...],
+                    suite_lr: float, **fit) -> dict:
+    """A staged row: its start (`staged_start`) fine-tuned on `splits` (`fit`: the suite's batch size,
+    modality dropout, weight decay), the best validation epoch kept."""
+    model, parts = staged_start(method, inter_name, unimodal_names, part)
+    settings = {"epochs": args.finetune_epochs, "lr": args.finetune_lr or suite_lr / 10}
+    torch.manual_seed(seed)
+    result = train_epochs(model, splits["train"], splits["validation"], **settings, seed=seed + 100, **fit)
+    row = _result(model, splits["test"], [round(result["accuracy"], 4)], [result])
+    return {**row, "parts_test_accuracy": parts, "finetune": settings}
 
 
 # --- fashion products: frozen pretrained towers, cached features ---
 
-FASHION_METHODS = ("unimodal", "vanilla", "i2moe", "i2m2", "dmil")
+FASHION_METHODS = ("unimodal", "vanilla", "i2moe", "i2m2", "dmil", "vanilla_warm", "i2moe_warm", "i2m2_staged")
 FASHION_EPOCHS, FASHION_LR, FASHION_BATCH = 20, 2e-3, 128
+# The tower pass behind the cached features, in the budget: since issue 17 the towers run in calls of
+# 16 rows on CPU, EfficientNet-Lite0 on channels-last input; the features moved by float rounding and
+# the rows trained on them moved by a few test products, so rows of the two passes are not mixed.
+FASHION_FEATURES = "towercalls16"
 
 
 def fashion_splits(args) -> tuple[dict, dict]:
@@ -258,15 +365,17 @@ def run_fashion(method: str, seed: int, args, data: tuple[dict, dict]) -> dict:
         for name in both:
             torch.manual_seed(seed)
             model = I2MoEForClassification(fashion_config(spec, (name,), "vanilla"))
-            parts = {split: {key: value for key, value in columns.items() if key.startswith(name) or key == "labels"}
-                     for split, columns in splits.items()}
+            parts = {split: _only_features(columns, name) for split, columns in splits.items()}
             result = fit(model, parts, 0.0)
+            save_part(model, args, seed, name)
             rows[name] = _result(model, parts["test"], [round(result["accuracy"], 4)], [result])
             log_probabilities.append(_log_probabilities(model, parts["test"]))
         predictions = (log_probabilities[0].exp() + log_probabilities[1].exp()).argmax(-1)
         accuracy = round(float((predictions == splits["test"]["labels"]).float().mean()), 4)
         return {"test_accuracy": accuracy, "validation_accuracy": [rows[name]["validation_accuracy"][0] for name in both],
                 "also": rows}
+    if method in STAGED_METHODS:
+        return run_fashion_staged(method, seed, args, data)
     torch.manual_seed(seed)
     if method == "dmil":
         model = I2MoEForClassification(fashion_config(spec, both, "dmil"))
@@ -279,7 +388,25 @@ def run_fashion(method: str, seed: int, args, data: tuple[dict, dict]) -> dict:
         config = fashion_config(spec, both, method, **I2MOE_SETTINGS.get(method, {}))
     model = I2MoEForClassification(config)
     result = fit(model, splits, 0.3)
+    if method in PART_METHODS:
+        save_part(model, args, seed, method)
     return _result(model, splits["test"], [round(result["accuracy"], 4)], [result])
+
+
+def _only_features(split: dict, modality: str) -> dict:
+    return {key: value for key, value in split.items() if key.startswith(modality) or key == "labels"}
+
+
+def run_fashion_staged(method: str, seed: int, args, data: tuple[dict, dict]) -> dict:
+    splits = data[0]
+
+    def part(name: str) -> I2MoEForClassification:
+        unimodal = name in ("image", "text")
+        train = lambda: run_fashion("unimodal" if unimodal else name, seed, args, data)
+        return load_part(args, seed, name, train, _only_features(splits["test"], name) if unimodal else splits["test"])
+
+    return finetune_staged(method, seed, args, splits, part, "vanilla", ("image", "text"), FASHION_LR,
+                           batch_size=FASHION_BATCH, modality_dropout=0.3, weight_decay=0.01)
 
 
 # --- driver ---
@@ -300,6 +427,11 @@ def main() -> None:
     parser.add_argument("--audio_pool", type=int, default=1, choices=[1, 2, 4],
                         help="average-pool the AV-MNIST spectrogram by this factor (2: 56x56, one audio block fewer)")
     parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--parts_dir", default=str(Path.home() / ".cache" / "i2moe" / "methods_suite_parts"),
+                        help="where the trained parts of the staged rows are saved (per suite, budget and seed)")
+    parser.add_argument("--finetune_epochs", type=int, default=5, help="staged rows: joint fine-tuning epochs")
+    parser.add_argument("--finetune_lr", type=float, default=None,
+                        help="staged rows: joint fine-tuning lr (default: a tenth of the suite's lr)")
     parser.add_argument("--summarise", action="store_true", help="only print the tables")
     parser.add_argument("--markdown", action="store_true", help="only print the tables as markdown (for the docs)")
     parser.add_argument("--acceptance", nargs="+", metavar="SUITE=BUDGET",
@@ -322,10 +454,12 @@ def run_suite(args) -> None:
     if args.suite == "avmnist":
         budget = f"{args.avmnist_train}rows-{args.avmnist_epochs}ep-adamw{args.avmnist_lr:g}"
         budget += f"-bs{args.batch_size}" + (f"-audiopool{args.audio_pool}" if args.audio_pool > 1 else "")
+        args.parts_key = f"avmnist/{budget}"
         jobs = [("avmnist", method, seed) for seed in args.seeds for method in (args.methods or AVMNIST_METHODS)]
         data = None
     elif args.suite == "fashion":
-        budget = f"all-rows-{FASHION_EPOCHS}ep-adamw{FASHION_LR:g}-bs{FASHION_BATCH}"
+        budget = f"all-rows-{FASHION_EPOCHS}ep-adamw{FASHION_LR:g}-bs{FASHION_BATCH}-{FASHION_FEATURES}"
+        args.parts_key = f"fashion/{args.fashion_target}/{budget}"
         jobs = [(args.fashion_target, method, seed) for seed in args.seeds for method in (args.methods or FASHION_METHODS)]
         data = None
     else:
@@ -383,7 +517,9 @@ ACCEPTANCE = [
     ("avmnist", "i2m2_lf", ("intra", "vanilla_lf")), ("avmnist", "i2m2_lrtf", ("intra", "vanilla_lrtf")),
     ("avmnist", "i2moe_sub25_lf", ("i2moe_lf",)), ("avmnist", "i2moe_xl_lf", ("vanilla_lf",)),
     ("avmnist", "i2moe_lambda001_lf", ("vanilla_lf",)),
-    *(("fashion", method, ("image", "text")) for method in ("vanilla", "i2moe", "i2m2", "dmil")),
+    ("avmnist", "i2m2_staged_lf", ("intra", "vanilla_lf")), ("avmnist", "i2m2_staged_lrtf", ("intra", "vanilla_lrtf")),
+    ("avmnist", "i2moe_warm_lf", ("vanilla_lf", "vanilla_warm_lf")), ("avmnist", "dmil_late", ("vanilla_lf", "ensemble")),
+    *(("fashion", method, ("image", "text")) for method in ("vanilla", "i2moe", "i2m2", "dmil", "i2moe_warm", "i2m2_staged")),
 ]
 
 
