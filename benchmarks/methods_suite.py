@@ -318,6 +318,11 @@ FASHION_EPOCHS, FASHION_LR, FASHION_BATCH = 20, 2e-3, 128
 # 16 rows on CPU, EfficientNet-Lite0 on channels-last input; the features moved by float rounding and
 # the rows trained on them moved by a few test products, so rows of the two passes are not mixed.
 FASHION_FEATURES = "towercalls16"
+# `--fashion_recipe`: how every fashion row trains. `linear-best`: linear decay, the best validation
+# epoch kept (as the AV-MNIST rows). `demo`: the demo's Trainer recipe (examples/demo.sh: cosine
+# decay after 5% warm-up, the last epoch kept; DMIL still starts each stage from the previous
+# stage's best epoch, as the method prescribes).
+FASHION_RECIPES = {"linear-best": {}, "demo": {"schedule": "cosine", "warmup_ratio": 0.05, "keep_best": False}}
 
 
 def fashion_splits(args) -> tuple[dict, dict]:
@@ -356,9 +361,10 @@ def fashion_config(spec: dict, modalities: tuple[str, ...], method: str, **overr
 
 def run_fashion(method: str, seed: int, args, data: tuple[dict, dict]) -> dict:
     splits, spec = data
+    recipe = FASHION_RECIPES[args.fashion_recipe]
     fit = lambda model, parts, dropout: train_epochs(model, parts["train"], parts["validation"], epochs=FASHION_EPOCHS,
                                                      lr=FASHION_LR, batch_size=FASHION_BATCH, seed=seed,
-                                                     modality_dropout=dropout, weight_decay=0.01)
+                                                     modality_dropout=dropout, weight_decay=0.01, **recipe)
     both = ("image", "text")
     if method == "unimodal":  # image-only and text-only, and their mean-probability ensemble
         rows, log_probabilities = {}, []
@@ -379,8 +385,9 @@ def run_fashion(method: str, seed: int, args, data: tuple[dict, dict]) -> dict:
     torch.manual_seed(seed)
     if method == "dmil":
         model = I2MoEForClassification(fashion_config(spec, both, "dmil"))
+        schedule = {key: value for key, value in recipe.items() if key != "keep_best"}
         fits = train_dmil(model, splits["train"], splits["validation"], stages=dmil_stages(FASHION_EPOCHS),
-                          batch_size=FASHION_BATCH, seed=seed, modality_dropout=0.3)
+                          batch_size=FASHION_BATCH, seed=seed, modality_dropout=0.3, **schedule)
         return _result(model, splits["test"], [round(f["accuracy"], 4) for f in fits], fits)
     if method == "i2m2":
         config = fashion_config(spec, both, "vanilla", i2m2_heads=True)
@@ -406,16 +413,19 @@ def run_fashion_staged(method: str, seed: int, args, data: tuple[dict, dict]) ->
         return load_part(args, seed, name, train, _only_features(splits["test"], name) if unimodal else splits["test"])
 
     return finetune_staged(method, seed, args, splits, part, "vanilla", ("image", "text"), FASHION_LR,
-                           batch_size=FASHION_BATCH, modality_dropout=0.3, weight_decay=0.01)
+                           batch_size=FASHION_BATCH, modality_dropout=0.3, weight_decay=0.01,
+                           **FASHION_RECIPES[args.fashion_recipe])
 
 
 # --- driver ---
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=["planted2", "planted3", "avmnist", "fashion"])
     parser.add_argument("--fashion_target", default="articleType", help="fashion: the column to predict")
+    parser.add_argument("--fashion_recipe", default="linear-best", choices=sorted(FASHION_RECIPES),
+                        help="fashion: how every row trains (see FASHION_RECIPES)")
     parser.add_argument("--kinds", nargs="+", default=None, help="planted kinds (default: all of the suite)")
     parser.add_argument("--methods", nargs="+", default=None, help="methods (default: all of the suite)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -436,8 +446,12 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="only print the tables as markdown (for the docs)")
     parser.add_argument("--acceptance", nargs="+", metavar="SUITE=BUDGET",
                         help="only print issue 14's per-seed acceptance table for these budgets, e.g. "
-                             "avmnist=10000rows-15ep-adamw0.001-bs64-audiopool2 fashion=all-rows-20ep-adamw0.002-bs128")
-    args = parser.parse_args()
+                             "avmnist=10000rows-15ep-adamw0.001-bs64-audiopool2 fashion=all-rows-20ep-adamw0.002-bs128-towercalls16")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     if args.markdown:
         markdown_tables()
         return
@@ -450,21 +464,29 @@ def main() -> None:
     summarise()
 
 
-def run_suite(args) -> None:
+def suite_budget(args) -> tuple[str, str]:
+    """The suite's budget (a key of its rows) and where its trained parts are saved under `--parts_dir`."""
     if args.suite == "avmnist":
         budget = f"{args.avmnist_train}rows-{args.avmnist_epochs}ep-adamw{args.avmnist_lr:g}"
         budget += f"-bs{args.batch_size}" + (f"-audiopool{args.audio_pool}" if args.audio_pool > 1 else "")
-        args.parts_key = f"avmnist/{budget}"
-        jobs = [("avmnist", method, seed) for seed in args.seeds for method in (args.methods or AVMNIST_METHODS)]
-        data = None
-    elif args.suite == "fashion":
+        return budget, f"avmnist/{budget}"
+    if args.suite == "fashion":
         budget = f"all-rows-{FASHION_EPOCHS}ep-adamw{FASHION_LR:g}-bs{FASHION_BATCH}-{FASHION_FEATURES}"
-        args.parts_key = f"fashion/{args.fashion_target}/{budget}"
+        budget += "" if args.fashion_recipe == "linear-best" else f"-{args.fashion_recipe}"
+        return budget, f"fashion/{args.fashion_target}/{budget}"
+    budget = f"{PLANTED_SIZES[0]}rows-{PLANTED_EPOCHS}ep"
+    return budget, f"{args.suite}/{budget}"
+
+
+def run_suite(args) -> None:
+    budget, args.parts_key = suite_budget(args)
+    data = None
+    if args.suite == "avmnist":
+        jobs = [("avmnist", method, seed) for seed in args.seeds for method in (args.methods or AVMNIST_METHODS)]
+    elif args.suite == "fashion":
         jobs = [(args.fashion_target, method, seed) for seed in args.seeds for method in (args.methods or FASHION_METHODS)]
-        data = None
     else:
         num_modalities = int(args.suite[-1])
-        budget = f"{PLANTED_SIZES[0]}rows-{PLANTED_EPOCHS}ep"
         kinds = args.kinds or planted_kinds(num_modalities)
         jobs = [(kind, method, seed) for seed in args.seeds for kind in kinds for method in (args.methods or PLANTED_METHODS)]
     for kind, method, seed in jobs:

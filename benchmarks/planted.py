@@ -118,17 +118,33 @@ def evaluate(model: I2MoEForClassification, data: dict[str, torch.Tensor], batch
     return metrics
 
 
+def lr_factor(schedule: str, warmup: int, total: int):
+    """Trainer's `linear` / `cosine` schedules (`get_scheduler`) as a factor of the step, written so
+    that linear without warm-up is `1 - step / total` to the last bit (the suite's earlier rows)."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 1 - progress) if schedule == "linear" else max(0.0, 0.5 * (1 + math.cos(math.pi * progress)))
+    if schedule not in ("linear", "cosine"):
+        raise ValueError(f"train_epochs: `schedule` must be 'linear' or 'cosine', got {schedule!r}")
+    return factor
+
+
 def train_epochs(model, train: dict, validation: dict, *, epochs: int, lr: float, batch_size: int, seed: int,
-                 modality_dropout: float, weight_decay: float = 0.0, on_epoch=None) -> dict:
-    """AdamW with linear decay to 0 (Trainer's default schedule) for `epochs`; the weights of the
-    epoch with the best validation accuracy are loaded at the end (as `load_best_model_at_end`).
-    Returns the best validation metrics plus `best_epoch` and `history` (validation accuracy per epoch)."""
+                 modality_dropout: float, weight_decay: float = 0.0, schedule: str = "linear", warmup_ratio: float = 0.0,
+                 keep_best: bool = True, on_epoch=None) -> dict:
+    """AdamW for `epochs` under Trainer's `schedule` (`"linear"`: its default, decay to 0; `"cosine"`)
+    with `warmup_ratio` of the steps warming up; with `keep_best` the weights of the epoch with the
+    best validation accuracy are loaded at the end (as `load_best_model_at_end`), else the last
+    epoch's stay. Returns that epoch's validation metrics plus `best_epoch` (the epoch kept) and
+    `history` (validation accuracy per epoch)."""
     size = len(train["labels"])
     steps_per_epoch = math.ceil(size / batch_size)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     total = max(epochs * steps_per_epoch, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule, round(warmup_ratio * total), total))
     generator = torch.Generator().manual_seed(seed)
     num_modalities = len(model.config.modalities)
     best, best_state, history = None, None, []
@@ -149,7 +165,9 @@ def train_epochs(model, train: dict, validation: dict, *, epochs: int, lr: float
         history.append(round(metrics["accuracy"], 4))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-        if best is None or metrics["accuracy"] > best["accuracy"]:
+        if not keep_best:
+            best = {**metrics, "best_epoch": epoch + 1}
+        elif best is None or metrics["accuracy"] > best["accuracy"]:
             best, best_state = {**metrics, "best_epoch": epoch + 1}, copy.deepcopy(model.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -157,15 +175,16 @@ def train_epochs(model, train: dict, validation: dict, *, epochs: int, lr: float
 
 
 def train_dmil(model, train: dict, validation: dict, *, stages, batch_size: int, seed: int,
-               modality_dropout: float, on_epoch=None) -> list[dict]:
+               modality_dropout: float, **fit) -> list[dict]:
     """DMIL's three stages as `run_dmil_schedule` runs them (`apply_dmil_stage`, a fresh optimiser
     per stage, each stage from the previous stage's best validation epoch), without Trainer's
-    per-step overhead. `stages`: three (epochs, lr) pairs."""
+    per-step overhead. `stages`: three (epochs, lr) pairs; `fit`: the rest of `train_epochs`'
+    options (the schedule; `keep_best` stays on, the method's stage boundaries need it)."""
     results = []
     for stage, (epochs, lr) in enumerate(stages, start=1):
         apply_dmil_stage(model, stage)
         results.append(train_epochs(model, train, validation, epochs=epochs, lr=lr, batch_size=batch_size,
-                                    seed=seed + stage, modality_dropout=modality_dropout, on_epoch=on_epoch))
+                                    seed=seed + stage, modality_dropout=modality_dropout, **fit))
     return results
 
 
