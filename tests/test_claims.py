@@ -235,3 +235,21 @@ def test_mutation_testing_note_quotes_its_results():
                                      f"{runs['after']['mutants_in_scope']:,} in scope")
     unexplained = [name for name in stored["mutmut"]["after"]["survivors"] if f"`{name}`" not in document]
     assert not unexplained, f"docs/testing.md must justify the surviving mutants {unexplained}"
+
+
+# --- issue 14's results suite ---
+
+
+def test_results_tables_are_the_suites_output(tmp_path, monkeypatch):
+    """docs/results.md's generated tables are what its own `--write_docs` command makes of the committed
+    result lines: a result line added or changed without regenerating the page fails here."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("methods_suite", ROOT / "benchmarks" / "methods_suite.py")
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    page = text("docs/results.md")
+    command = " ".join(page.split("methods_suite.py --acceptance", 1)[1].split("--write_docs", 1)[0].replace("\\", " ").split())
+    copy = tmp_path / "results.md"
+    copy.write_text(page)
+    suite.write_docs(copy, suite.acceptance_budgets(command.split()))
+    assert copy.read_text() == page, "docs/results.md: regenerate its tables with the command at its top"
