@@ -186,6 +186,11 @@ def main(argv: list[str] | None = None) -> None:
         train(variant, args.output_dir, world_size)
     if args.fsdp:
         train_fsdp_root_unit(args.output_dir, world_size)
+    # Tear the process group down before the interpreter does: left to exit, gloo's threads can
+    # abort a rank after its work is written ("terminate called without an active exception").
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
