@@ -163,7 +163,8 @@ def avmnist_splits(args) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def _only(data: dict, modality: str) -> dict:
-    return {key: value for key, value in data.items() if key in (f"{modality}_pixel_values", "labels")}
+    """The columns of one modality (`{modality}_pixel_values` / `{modality}_tower_features`) and the labels."""
+    return {key: value for key, value in data.items() if key.startswith(f"{modality}_") or key == "labels"}
 
 
 @torch.no_grad()
@@ -248,9 +249,9 @@ PART_METHODS = ("vanilla_lf", "vanilla_lrtf", "vanilla")
 # separately, then their product fine-tuned jointly; separate towers). `i2moe_warm*`: I2MoE whose
 # towers and every expert start from the trained fusion it wraps (issue 14's "expert
 # initialisation"). `vanilla_warm*`: that fusion fine-tuned by the same schedule, the same-budget
-# baseline of `i2moe_warm*`. Fine-tuning: `--finetune_epochs` at `--finetune_lr` (default: a tenth of
-# the suite's lr, as the paper's joint lr), the best validation epoch kept.
-# `i2m2_product*`: the assembled product before any fine-tuning (a joint fine-tuning budget of 0).
+# baseline of `i2moe_warm*`. `i2m2_product*`: the assembled product before any fine-tuning (a joint
+# fine-tuning budget of 0). Fine-tuning: `--finetune_epochs` at `--finetune_lr` (default: a tenth of
+# the suite's lr, as the paper's joint lr), under the suite's schedule and epoch keeping.
 STAGED_METHODS = ("i2m2_staged_lf", "i2m2_staged_lrtf", "i2m2_product_lf", "i2m2_product_lrtf", "i2moe_warm_lf",
                   "vanilla_warm_lf", "i2m2_staged", "i2m2_product", "i2moe_warm", "vanilla_warm")
 
@@ -258,7 +259,7 @@ STAGED_METHODS = ("i2m2_staged_lf", "i2m2_staged_lrtf", "i2m2_product_lf", "i2m2
 def run_avmnist_staged(method: str, seed: int, args, data: dict) -> dict:
     fusion = method.rsplit("_", 1)[1]
 
-    def part(name: str) -> I2MoEForClassification:
+    def part(name: str) -> tuple[I2MoEForClassification, float]:
         unimodal = name in ("image", "audio")
         train = lambda: run_avmnist("ensemble" if unimodal else name, seed, args, data)
         return load_part(args, seed, name, train, _only(data["test"], name) if unimodal else data["test"])
@@ -275,16 +276,15 @@ def save_part(model, args, seed: int, name: str) -> None:
     model.save_pretrained(part_dir(args, seed, name))
 
 
-def load_part(args, seed: int, name: str, train, test: dict) -> I2MoEForClassification:
+def load_part(args, seed: int, name: str, train, test: dict) -> tuple[I2MoEForClassification, float]:
     """The saved part `name` of this suite, budget and seed, made by `train()` first when missing
-    (the row that trains it, so it is the model behind that row); its test accuracy on `test` is
-    kept as `model.part_test_accuracy`."""
+    (the row that trains it, so it is the model behind that row), and its test accuracy on `test`."""
     if not part_dir(args, seed, name).exists():
         train()
     model = I2MoEForClassification.from_pretrained(part_dir(args, seed, name))
-    model.part_test_accuracy = round(evaluate(model, test)["accuracy"], 4)
-    print(f"  part {name} seed {seed}: test {model.part_test_accuracy:.4f}", flush=True)
-    return model
+    accuracy = round(evaluate(model, test)["accuracy"], 4)
+    print(f"  part {name} seed {seed}: test {accuracy:.4f}", flush=True)
+    return model, accuracy
 
 
 def warm_i2moe(fusion_model) -> I2MoEForClassification:
@@ -298,27 +298,28 @@ def warm_i2moe(fusion_model) -> I2MoEForClassification:
     for key, value in model.interaction.experts.state_dict().items():
         state[f"interaction.experts.{key}"] = state[f"interaction.experts.{key}"].expand_as(value).clone()
     missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all(key.startswith("interaction.reweighting.") for key in missing), (missing, unexpected)
+    if unexpected or not all(key.startswith("interaction.reweighting.") for key in missing):
+        raise ValueError(f"warm_i2moe: the fusion does not fit the experts: missing {missing}, unexpected {unexpected}")
     return model
 
 
 def staged_start(method: str, inter_name: str, unimodal_names: tuple[str, ...], part) -> tuple:
-    """The model a staged row fine-tunes, built from `part(name)` models, and the parts' test accuracies."""
-    inter = part(inter_name)
+    """The model a staged row fine-tunes, built from the `part(name)` models, and the parts' test accuracies."""
+    names = (*unimodal_names, inter_name) if method.startswith("i2m2") else (inter_name,)
+    parts = {name: part(name) for name in names}
+    inter = parts[inter_name][0]
     if method.startswith("i2m2"):
-        unimodal = {name: part(name) for name in unimodal_names}
-        model = I2MoEForClassification.from_i2m2_parts(unimodal=unimodal, inter=inter)
-        parts = {**unimodal, inter_name: inter}
+        model = I2MoEForClassification.from_i2m2_parts(unimodal={name: parts[name][0] for name in unimodal_names},
+                                                       inter=inter)
     else:
         model = warm_i2moe(inter) if method.startswith("i2moe") else inter
-        parts = {inter_name: inter}
-    return model, {name: part.part_test_accuracy for name, part in parts.items()}
+    return model, {name: accuracy for name, (_, accuracy) in parts.items()}
 
 
 def finetune_staged(method: str, seed: int, args, splits: dict, part, inter_name: str, unimodal_names: tuple[str, ...],
                     suite_lr: float, **fit) -> dict:
     """A staged row: its start (`staged_start`) fine-tuned on `splits` (`fit`: the suite's batch size,
-    modality dropout, weight decay), the best validation epoch kept."""
+    modality dropout, weight decay, schedule); `i2m2_product*` rows are the start itself, evaluated."""
     model, parts = staged_start(method, inter_name, unimodal_names, part)
     if method.startswith("i2m2_product"):
         validation = round(evaluate(model, splits["validation"])["accuracy"], 4)
@@ -392,7 +393,7 @@ def run_fashion(method: str, seed: int, args, data: tuple[dict, dict]) -> dict:
         for name in both:
             torch.manual_seed(seed)
             model = I2MoEForClassification(fashion_config(spec, (name,), "vanilla"))
-            parts = {split: _only_features(columns, name) for split, columns in splits.items()}
+            parts = {split: _only(columns, name) for split, columns in splits.items()}
             result = fit(model, parts, 0.0)
             save_part(model, args, seed, name)
             rows[name] = _result(model, parts["test"], [round(result["accuracy"], 4)], [result])
@@ -406,9 +407,8 @@ def run_fashion(method: str, seed: int, args, data: tuple[dict, dict]) -> dict:
     torch.manual_seed(seed)
     if method in DMIL_VARIANTS:
         model = I2MoEForClassification(fashion_config(spec, both, "dmil", dmil=DMIL_VARIANTS[method][2]))
-        schedule = {key: value for key, value in recipe.items() if key != "keep_best"}
         fits = train_dmil(model, splits["train"], splits["validation"], stages=dmil_stages(FASHION_EPOCHS, method),
-                          batch_size=FASHION_BATCH, seed=seed, modality_dropout=0.3, **schedule)
+                          batch_size=FASHION_BATCH, seed=seed, modality_dropout=0.3, **recipe)
         return _result(model, splits["test"], [round(f["accuracy"], 4) for f in fits], fits)
     if method == "i2m2":
         config = fashion_config(spec, both, "vanilla", i2m2_heads=True)
@@ -421,17 +421,13 @@ def run_fashion(method: str, seed: int, args, data: tuple[dict, dict]) -> dict:
     return _result(model, splits["test"], [round(result["accuracy"], 4)], [result])
 
 
-def _only_features(split: dict, modality: str) -> dict:
-    return {key: value for key, value in split.items() if key.startswith(modality) or key == "labels"}
-
-
 def run_fashion_staged(method: str, seed: int, args, data: tuple[dict, dict]) -> dict:
     splits = data[0]
 
-    def part(name: str) -> I2MoEForClassification:
+    def part(name: str) -> tuple[I2MoEForClassification, float]:
         unimodal = name in ("image", "text")
         train = lambda: run_fashion("unimodal" if unimodal else name, seed, args, data)
-        return load_part(args, seed, name, train, _only_features(splits["test"], name) if unimodal else splits["test"])
+        return load_part(args, seed, name, train, _only(splits["test"], name) if unimodal else splits["test"])
 
     return finetune_staged(method, seed, args, splits, part, "vanilla", ("image", "text"), FASHION_LR,
                            batch_size=FASHION_BATCH, modality_dropout=0.3, weight_decay=0.01,

@@ -121,13 +121,14 @@ def evaluate(model: I2MoEForClassification, data: dict[str, torch.Tensor], batch
 def lr_factor(schedule: str, warmup: int, total: int):
     """Trainer's `linear` / `cosine` schedules (`get_scheduler`) as a factor of the step, written so
     that linear without warm-up is `1 - step / total` to the last bit (the suite's earlier rows)."""
+    if schedule not in ("linear", "cosine"):
+        raise ValueError(f"train_epochs: `schedule` must be 'linear' or 'cosine', got {schedule!r}")
+
     def factor(step: int) -> float:
         if step < warmup:
             return step / warmup
         progress = (step - warmup) / max(1, total - warmup)
         return max(0.0, 1 - progress) if schedule == "linear" else max(0.0, 0.5 * (1 + math.cos(math.pi * progress)))
-    if schedule not in ("linear", "cosine"):
-        raise ValueError(f"train_epochs: `schedule` must be 'linear' or 'cosine', got {schedule!r}")
     return factor
 
 
@@ -179,7 +180,9 @@ def train_dmil(model, train: dict, validation: dict, *, stages, batch_size: int,
     """DMIL's three stages as `run_dmil_schedule` runs them (`apply_dmil_stage`, a fresh optimiser
     per stage, each stage from the previous stage's best validation epoch), without Trainer's
     per-step overhead. `stages`: three (epochs, lr) pairs; `fit`: the rest of `train_epochs`'
-    options (the schedule; `keep_best` stays on, the method's stage boundaries need it)."""
+    options (the schedule). Each stage keeps its best validation epoch whatever `fit["keep_best"]`
+    says: the method starts every stage from the previous stage's best checkpoint."""
+    fit = {**fit, "keep_best": True}
     results = []
     for stage, (epochs, lr) in enumerate(stages, start=1):
         apply_dmil_stage(model, stage)

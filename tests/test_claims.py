@@ -248,8 +248,31 @@ def test_results_tables_are_the_suites_output(tmp_path, monkeypatch):
     suite = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(suite)
     page = text("docs/results.md")
-    command = " ".join(page.split("methods_suite.py --acceptance", 1)[1].split("--write_docs", 1)[0].replace("\\", " ").split())
+    command = page.split("methods_suite.py --acceptance", 1)[1].split("--write_docs", 1)[0].replace("\\", " ")
     copy = tmp_path / "results.md"
     copy.write_text(page)
     suite.write_docs(copy, suite.acceptance_budgets(command.split()))
     assert copy.read_text() == page, "docs/results.md: regenerate its tables with the command at its top"
+
+
+def test_readme_quotes_the_suites_medians():
+    """README's converged-budget rows: the medians over seeds of the committed result lines."""
+    rows = [json.loads(line) for line in (ROOT / "benchmarks" / "results" / "methods_suite.jsonl").read_text().splitlines()]
+
+    def med(suite: str, budget: str, method: str) -> str:
+        values = [row["test_accuracy"] for row in rows if (row["suite"], row["budget"], row["method"]) == (suite, budget, method)]
+        return f"{100 * statistics.median(values):.2f}"
+
+    avmnist = lambda method: med("avmnist", "10000rows-15ep-adamw0.001-bs64-audiopool2", method)
+    fashion = lambda method: med("fashion", "all-rows-20ep-adamw0.002-bs128-towercalls16-demo", method)
+    assert_quoted(
+        "README.md",
+        f"vanilla LF {avmnist('vanilla_lf')}, I2MoE LF {avmnist('i2moe_lf')}",
+        f"vanilla LRTF {avmnist('vanilla_lrtf')}, I2MoE LRTF {avmnist('i2moe_lrtf')}",
+        f"DMIL {avmnist('dmil')} (above joint and ensemble",
+        f"LF {avmnist('i2m2_product_lf')} / LRTF {avmnist('i2m2_product_lrtf')}",
+        f"intra {avmnist('intra')}; ensemble {avmnist('ensemble')}",
+        f"image alone {fashion('image')}, text alone {fashion('text')}, vanilla {fashion('vanilla')}, "
+        f"I2MoE {fashion('i2moe')}, **I2M2 {fashion('i2m2')}**",
+        f"DMIL {fashion('dmil')} (4 of 10)",
+    )
