@@ -44,11 +44,19 @@ STOCHASTIC = {variant for variant in VARIANTS if variant.startswith(("dmil", "i2
               and variant != "i2moe-null-lambda0" and not variant.startswith("dmil-stage2")}
 
 
+# A rank of a CPU (gloo) launch can abort in the C++ runtime after its work is done: 2 of 11 full-suite
+# runs under `pytest -n 2` (the launch alone: 0 of 10). Only that abort is retried, once.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def launch(command: list[str], output_dir: Path, extra_env: dict | None = None, script_args=()) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **(extra_env or {}))
-    result = subprocess.run([*command, str(SCRIPT), str(output_dir), *script_args], capture_output=True, text=True, env=env,
-                            timeout=240)
+    for attempt in range(2):
+        result = subprocess.run([*command, str(SCRIPT), str(output_dir), *script_args], capture_output=True, text=True,
+                                env=env, timeout=240)
+        if result.returncode == 0 or TEARDOWN_ABORT not in result.stderr:
+            break
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
 
 
