@@ -16,6 +16,7 @@ Then the same for the 3-modality suite (vanilla only). Writes
 
     python benchmarks/attribution_planted.py
     python benchmarks/attribution_planted.py --seeds 0 --methods vanilla i2moe
+    python benchmarks/attribution_planted.py --markdown     # docs/interpretation.md's tables, from the JSON
 """
 
 from __future__ import annotations
@@ -72,13 +73,77 @@ def _rounded(values: dict) -> dict:
     return {name: round(value, 3) for name, value in values.items()}
 
 
+# --- the tables of docs/interpretation.md, from the stored rows ---
+
+SHORT = {"uniqueness": "U", "redundancy": "R", "synergy": "S"}
+# (column title, method, what is read: the attribution's or the weights' dominant type)
+DOMINANT_COLUMNS = [("I2MoE weights", "i2moe", "weights"), ("I2MoE attribution", "i2moe", "attribution"),
+                    ("DMIL gate", "dmil", "weights"), ("DMIL attribution", "dmil", "attribution"),
+                    ("vanilla attribution", "vanilla", "attribution"),
+                    ("vanilla + I2M2 attribution", "vanilla+i2m2", "attribution")]
+
+
+def short_type(name: str) -> str:
+    """`uniqueness_a` -> `U_a`, `synergy_a_b` -> `S_a_b`, `redundancy` -> `R`."""
+    head, _, tail = name.partition("_")
+    return SHORT[head] + (f"_{tail}" if tail else "")
+
+
+def _cell(rows: list[dict], read: str, planted: str | None) -> str:
+    """One cell over seeds: the dominant type read from `read` and the accuracy, bold where it is `planted`."""
+    parts = []
+    for row in rows:
+        name = short_type(row[f"{read}_dominant"])
+        parts.append(f"{f'**{name}**' if row[f'{read}_dominant'] == planted else name} ({row['accuracy']:.2f})")
+    return " / ".join(parts)
+
+
+def _select(rows: list[dict], num_modalities: int, method: str, kind: str) -> list[dict]:
+    return sorted((row for row in rows if (row["num_modalities"], row["method"], row["kind"]) == (num_modalities, method, kind)),
+                  key=lambda row: row["seed"])
+
+
+def markdown_tables(stored: dict) -> str:
+    """The two-modality tables (dominant type per planted kind; per-sample AUROC on the mixture) and the
+    three-modality ones (vanilla), each cell `seed 0 / seed 1`."""
+    rows = stored["rows"]
+    lines = ["| planted | " + " | ".join(title for title, _, _ in DOMINANT_COLUMNS) + " |",
+             "|---|" + "---|" * len(DOMINANT_COLUMNS)]
+    for kind in [*planted_types(2), "mixture"]:
+        planted = kind if kind != "mixture" else None
+        cells = [_cell(_select(rows, 2, method, kind), read, planted) for _, method, read in DOMINANT_COLUMNS]
+        lines.append(f"| `{kind}` | " + " | ".join(cells) + " |")
+    types = planted_types(2)
+    lines += ["", "| model | read from | " + " | ".join(short_type(t) for t in types) + " |", "|---|---|" + "---|" * len(types)]
+    for method in ("i2moe", "dmil", "vanilla", "vanilla+i2m2"):
+        for read in ("weights", "attribution"):
+            selected = [row for row in _select(rows, 2, method, "mixture") if f"{read}_auroc" in row]
+            if selected:
+                values = [" / ".join(f"{row[f'{read}_auroc'][t]:.2f}" for row in selected) for t in types]
+                lines.append(f"| {method} | {read if read == 'attribution' else 'weights' if method == 'i2moe' else 'gate'} | "
+                             + " | ".join(values) + " |")
+    types = planted_types(3)
+    lines += ["", "| planted (3 modalities) | vanilla attribution | mixture: per-sample AUROC |", "|---|---|---|"]
+    mixture = _select(rows, 3, "vanilla", "mixture")
+    for kind in types:
+        auroc_cell = " / ".join(f"{row['attribution_auroc'][kind]:.2f}" for row in mixture)
+        lines.append(f"| `{kind}` | {_cell(_select(rows, 3, 'vanilla', kind), 'attribution', kind)} | {auroc_cell} |")
+    accuracy = " / ".join(f"{row['accuracy']:.2f}" for row in mixture)
+    lines.append(f"| `mixture` | accuracy {accuracy} | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["vanilla", "i2moe", "dmil", "vanilla+i2m2"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--three_modalities", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--markdown", action="store_true", help="print the docs tables of the stored results and stop")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown_tables(json.loads((RESULTS / "attribution_planted.json").read_text())))
+        return
     torch.set_num_threads(1)  # tiny matrices: threads only add overhead
     runs = [(method, kind, 2) for method in args.methods for kind in [*planted_types(2), "mixture"]]
     if args.three_modalities:

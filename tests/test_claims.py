@@ -237,6 +237,19 @@ def test_mutation_testing_note_quotes_its_results():
     assert not unexplained, f"docs/testing.md must justify the surviving mutants {unexplained}"
 
 
+def test_interpretation_tables_are_the_stored_attribution_runs(monkeypatch):
+    """docs/interpretation.md's planted-attribution tables are what `attribution_planted.py --markdown`
+    makes of the committed JSON: a rerun committed without the page (or the page edited by hand) fails."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("attribution_planted", ROOT / "benchmarks" / "attribution_planted.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    stored = json.loads((ROOT / "benchmarks" / "results" / "attribution_planted.json").read_text())
+    page = text("docs/interpretation.md")
+    block = page.split("<!-- ATTRIBUTION_PLANTED_TABLES -->\n", 1)[1].split("\n<!-- /ATTRIBUTION_PLANTED_TABLES -->", 1)[0]
+    assert block == tool.markdown_tables(stored), "docs/interpretation.md: paste `attribution_planted.py --markdown`"
+
+
 # --- issue 14's results suite ---
 
 
@@ -269,10 +282,11 @@ def test_readme_quotes_the_suites_medians():
         "README.md",
         f"vanilla LF {avmnist('vanilla_lf')}, I2MoE LF {avmnist('i2moe_lf')}",
         f"vanilla LRTF {avmnist('vanilla_lrtf')}, I2MoE LRTF {avmnist('i2moe_lrtf')}",
-        f"DMIL {avmnist('dmil')} (above joint and ensemble",
+        f"DMIL (its defaults) {avmnist('dmil_fused')} (above joint and ensemble",
+        f"with the paper's stage-3 weights {avmnist('dmil')}, 4 of 5",
         f"LF {avmnist('i2m2_product_lf')} / LRTF {avmnist('i2m2_product_lrtf')}",
         f"intra {avmnist('intra')}; ensemble {avmnist('ensemble')}",
         f"image alone {fashion('image')}, text alone {fashion('text')}, vanilla {fashion('vanilla')}, "
         f"I2MoE {fashion('i2moe')}, **I2M2 {fashion('i2m2')}**",
-        f"DMIL {fashion('dmil')} (4 of 10)",
+        f"DMIL (its defaults) {fashion('dmil_fused')} (9 of 10; with the paper's stage-3 weights {fashion('dmil')}, 4 of 10)",
     )

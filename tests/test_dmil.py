@@ -21,6 +21,11 @@ from i2moe.dmil_training import DMILStage, run_dmil_schedule
 SYNERGY_METRIC = Path(__file__).resolve().parents[1] / "src" / "i2moe" / "metrics" / "synergy"
 
 
+# The paper's stage-3 weights (0.8 on the components' cross-entropies, 0.5 on the level-1 heads'); the
+# package's are 0.1 / 0.1 (docs/dmil.md, "Stage-3 weights").
+PAPER_STAGE3 = {"dmil_stage3_component_weight": 0.8, "dmil_stage3_unimodal_weight": 0.5}
+
+
 def dmil_config(feature_sizes=(8, 4), **overrides) -> I2MoEConfig:
     settings = dict(method="dmil", dmil_latent_size=8)
     settings.update(overrides)
@@ -93,7 +98,7 @@ def test_outputs_per_stage(feature_sizes, full, expected):
 
 
 def test_stage_loss_composition():
-    config = dmil_config(dmil_stage=3)
+    config = dmil_config(dmil_stage=3, **PAPER_STAGE3)
     model = I2MoEForClassification(config)
     inputs, labels = make_inputs(config, batch_size=6), torch.tensor([0, 1, 2, 0, 1, 2])
     torch.manual_seed(3)
@@ -254,10 +259,14 @@ def _xor_dataset(size: int, seed: int) -> Dataset:
                               "labels": bits[:, 0] ^ bits[:, 1]}).with_format("torch")
 
 
-def test_xor_relies_on_synergy_and_beats_the_unimodal_ensemble(tmp_path):
+# The defaults train the mixture more and each component less than the paper's weights: at this small
+# budget only the paper's make the synergy component a classifier on its own (with the defaults the
+# gate, routing between components, carries the XOR on some seeds).
+@pytest.mark.parametrize("stage3_weights", [{}, PAPER_STAGE3], ids=["defaults", "paper"])
+def test_xor_relies_on_synergy_and_beats_the_unimodal_ensemble(tmp_path, stage3_weights):
     # A reconstruction weight well above the reference's makes N_m keep each modality's bit in stage 1
     # (with 0.005 the KL term wins and N_m carries little until stage 3 trains it through the synergy head).
-    config = dmil_config((4, 4), num_labels=2, dmil_reconstruction_weight=1.0, dmil_kl_weight=0.001)
+    config = dmil_config((4, 4), num_labels=2, dmil_reconstruction_weight=1.0, dmil_kl_weight=0.001, **stage3_weights)
     model = I2MoEForClassification(config)
     validation, test = _xor_dataset(256, seed=1), _xor_dataset(512, seed=2)
     metrics = run_dmil_schedule(
@@ -275,6 +284,8 @@ def test_xor_relies_on_synergy_and_beats_the_unimodal_ensemble(tmp_path):
         out = model(m0_features=test["m0_features"], m1_features=test["m1_features"])
     accuracy = (out.logits.argmax(-1) == test["labels"]).float().mean().item()
     assert accuracy > 0.95 and accuracy > ensemble_accuracy + 0.15
+    if not stage3_weights:
+        return
     # The synergy component carries the XOR on its own (the gate splits its weight between it and
     # redundancy since the synergy reads the means of N_m: read the components, not the gate alone).
     names = model.interaction.component_names

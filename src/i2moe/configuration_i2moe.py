@@ -362,6 +362,9 @@ class DMILConfig(_Settings):
             3: all); it sets the loss composition, and in stage 1 the prediction.
         stage2_component_weight, stage3_component_weight (`float`): weights of the component heads'
             cross-entropies in stages 2 and 3; stage3_unimodal_weight: of the level-1 heads' in stage 3.
+            Stage 3's are 0.1 and 0.1, not the paper's 0.8 and 0.5: with those, the fused prediction
+            carries 1 of the 1 + 0.8 * K + 0.5 * M units of stage 3's loss and DMIL trailed a
+            one-modality model on fashion products (docs/dmil.md, "Stage-3 weights").
         full_decomposition (`bool`, *optional*): the redundancy/uniqueness level on top of level 1.
             Default: True for 2 modalities, False for more (the paper validated only the
             intra-modality level beyond two; True for M > 2 is an extension).
@@ -373,8 +376,8 @@ class DMILConfig(_Settings):
     alignment_weight: float = 0.02
     stage: int = 1
     stage2_component_weight: float = 0.5
-    stage3_component_weight: float = 0.8
-    stage3_unimodal_weight: float = 0.5
+    stage3_component_weight: float = 0.1
+    stage3_unimodal_weight: float = 0.1
     full_decomposition: bool | None = None
 
     def __post_init__(self):
