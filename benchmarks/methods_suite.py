@@ -63,7 +63,11 @@ I2MOE_SETTINGS = {"i2moe": {"i2moe_expert_loss_weight": 0.0}, "i2moe_xl": {"i2mo
                   "i2moe_lambda001": {"i2moe": {"expert_loss_weight": 0.0, "lambda_int": 0.01}},
                   # no interaction loss: the experts and the reweighting model trained by the mixture's task
                   # loss alone (separates what the mixture adds from what the interaction losses cost)
-                  "i2moe_lambda0": {"i2moe": {"expert_loss_weight": 0.0, "lambda_int": 0.0}}}
+                  "i2moe_lambda0": {"i2moe": {"expert_loss_weight": 0.0, "lambda_int": 0.0}},
+                  # the MoE remedies for a collapsing mixture (issue 14), at the converged AV-MNIST budget: a
+                  # load-balancing term, and equal weights for the first 2 epochs (2 x 157 steps of 64 rows)
+                  "i2moe_balance": {"i2moe": {"expert_loss_weight": 0.0, "balance_weight": 0.1}},
+                  "i2moe_eqwarm": {"i2moe": {"expert_loss_weight": 0.0, "reweight_warmup_steps": 314}}}
 PLANTED_EPOCHS, PLANTED_LR, BATCH, DROPOUT = 30, 1e-3, 64, 0.3
 PLANTED_SIZES = (4000, 1000, 2000)
 # `ensemble` also writes the `image`, `audio` and `intra` rows (from the same two unimodal models).
@@ -581,6 +585,7 @@ ACCEPTANCE = [
     ("avmnist", "i2m2_lf", ("intra", "vanilla_lf")), ("avmnist", "i2m2_lrtf", ("intra", "vanilla_lrtf")),
     ("avmnist", "i2moe_sub25_lf", ("i2moe_lf",)), ("avmnist", "i2moe_xl_lf", ("vanilla_lf",)),
     ("avmnist", "i2moe_lambda001_lf", ("vanilla_lf",)), ("avmnist", "i2moe_lambda0_lf", ("vanilla_lf",)),
+    ("avmnist", "i2moe_balance_lf", ("vanilla_lf",)), ("avmnist", "i2moe_eqwarm_lf", ("vanilla_lf",)),
     ("avmnist", "i2m2_staged_lf", ("intra", "vanilla_lf")), ("avmnist", "i2m2_staged_lrtf", ("intra", "vanilla_lrtf")),
     ("avmnist", "i2m2_product_lf", ("intra", "vanilla_lf")), ("avmnist", "i2m2_product_lrtf", ("intra", "vanilla_lrtf")),
     ("avmnist", "i2moe_warm_lf", ("vanilla_lf", "vanilla_warm_lf")), ("avmnist", "dmil_late", ("vanilla_lf", "ensemble")),
