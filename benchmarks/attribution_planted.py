@@ -81,6 +81,7 @@ DOMINANT_COLUMNS = [("I2MoE weights", "i2moe", "weights"), ("I2MoE attribution",
                     ("DMIL gate", "dmil", "weights"), ("DMIL attribution", "dmil", "attribution"),
                     ("vanilla attribution", "vanilla", "attribution"),
                     ("vanilla + I2M2 attribution", "vanilla+i2m2", "attribution")]
+WEIGHTS_NAME = {"i2moe": "weights", "dmil": "gate"}  # what each method calls its per-sample weights
 
 
 def short_type(name: str) -> str:
@@ -120,8 +121,8 @@ def markdown_tables(stored: dict) -> str:
             selected = [row for row in _select(rows, 2, method, "mixture") if f"{read}_auroc" in row]
             if selected:
                 values = [" / ".join(f"{row[f'{read}_auroc'][t]:.2f}" for row in selected) for t in types]
-                lines.append(f"| {method} | {read if read == 'attribution' else 'weights' if method == 'i2moe' else 'gate'} | "
-                             + " | ".join(values) + " |")
+                source = read if read == "attribution" else WEIGHTS_NAME[method]
+                lines.append(f"| {method} | {source} | " + " | ".join(values) + " |")
     types = planted_types(3)
     lines += ["", "| planted (3 modalities) | vanilla attribution | mixture: per-sample AUROC |", "|---|---|---|"]
     mixture = _select(rows, 3, "vanilla", "mixture")

@@ -94,14 +94,14 @@ _DEFAULT_RATES = tuple(stage.learning_rate for stage in DEFAULT_DMIL_STAGES)
 # `dmil_fused` rows) and the package's since; pinned per variant, so a row means the same whatever the default.
 PAPER_STAGE3 = {"stage3_component_weight": 0.8, "stage3_unimodal_weight": 0.5}
 FUSED_STAGE3 = {"stage3_component_weight": 0.1, "stage3_unimodal_weight": 0.1}
+MEAN_STAGE3 = {"stage3_component_weight": 0.2, "stage3_unimodal_weight": 0.25}
 DMIL_VARIANTS = {"dmil": (_DEFAULT_SPLIT, _DEFAULT_RATES, PAPER_STAGE3),
                  "dmil_late": ((4, 1, 10), _DEFAULT_RATES, PAPER_STAGE3),
                  "dmil_fast2": (_DEFAULT_SPLIT, (_DEFAULT_RATES[0], _DEFAULT_RATES[0], _DEFAULT_RATES[2]), PAPER_STAGE3),
                  "dmil_wide": (_DEFAULT_SPLIT, _DEFAULT_RATES, {**PAPER_STAGE3, "latent_size": 128}),
                  "dmil_lowkl": (_DEFAULT_SPLIT, _DEFAULT_RATES, {**PAPER_STAGE3, "kl_weight": 0.002}),
                  "dmil_fused": (_DEFAULT_SPLIT, _DEFAULT_RATES, FUSED_STAGE3),
-                 "dmil_mean": (_DEFAULT_SPLIT, _DEFAULT_RATES, {"stage3_component_weight": 0.2,
-                                                                "stage3_unimodal_weight": 0.25})}
+                 "dmil_mean": (_DEFAULT_SPLIT, _DEFAULT_RATES, MEAN_STAGE3)}
 
 
 def dmil_stages(total_epochs: int, variant: str = "dmil") -> list[tuple[int, float]]:
