@@ -283,7 +283,7 @@ def test_readme_quotes_the_suites_medians():
         f"vanilla LF {avmnist('vanilla_lf')}, I2MoE LF {avmnist('i2moe_lf')}",
         f"vanilla LRTF {avmnist('vanilla_lrtf')}, I2MoE LRTF {avmnist('i2moe_lrtf')}",
         f"DMIL (its defaults) {avmnist('dmil_fused')} (above joint and ensemble",
-        f"with the paper's stage-3 weights {avmnist('dmil')}, 4 of 5",
+        f"with the paper's stage-3 weights {avmnist('dmil')}, 7 of 8",
         f"LF {avmnist('i2m2_product_lf')} / LRTF {avmnist('i2m2_product_lrtf')}",
         f"intra {avmnist('intra')}; ensemble {avmnist('ensemble')}",
         f"image alone {fashion('image')}, text alone {fashion('text')}, vanilla {fashion('vanilla')}, "
