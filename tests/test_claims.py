@@ -282,6 +282,7 @@ def test_readme_quotes_the_suites_medians():
         "README.md",
         f"vanilla LF {avmnist('vanilla_lf')}, I2MoE LF {avmnist('i2moe_lf')}",
         f"vanilla LRTF {avmnist('vanilla_lrtf')}, I2MoE LRTF {avmnist('i2moe_lrtf')}",
+        f"vanilla transformer {avmnist('vanilla_transformer')}, I2MoE transformer {avmnist('i2moe_transformer')}",
         f"DMIL (its defaults) {avmnist('dmil_fused')} (above joint and ensemble",
         f"with the paper's stage-3 weights {avmnist('dmil')}, 7 of 8",
         f"LF {avmnist('i2m2_product_lf')} / LRTF {avmnist('i2m2_product_lrtf')}",
