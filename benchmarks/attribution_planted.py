@@ -17,12 +17,15 @@ Then the same for the 3-modality suite (vanilla only). Writes
     python benchmarks/attribution_planted.py
     python benchmarks/attribution_planted.py --seeds 0 --methods vanilla i2moe
     python benchmarks/attribution_planted.py --markdown     # docs/interpretation.md's tables, from the JSON
+    python benchmarks/attribution_planted.py --methods i2moe_normuni --no-three_modalities \
+        --output attribution_planted_normuni.json               # a variant, beside the stored runs
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -36,7 +39,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # (steps, Adam learning rate, config overrides) per number of modalities.
 TRAINING = {2: (400, 3e-3, {}), 3: (600, 3e-3, {"hidden_size": 64, "fusion_hidden_size": 64})}
 METHODS = {"vanilla": ("vanilla", {}), "i2moe": ("i2moe", {}), "dmil": ("dmil", {}),
-           "vanilla+i2m2": ("vanilla", {"i2m2_heads": True})}
+           "vanilla+i2m2": ("vanilla", {"i2m2_heads": True}),
+           # the uniqueness triplet on unit-normalised logits (`docs/i2moe.md`, "Collapse")
+           "i2moe_normuni": ("i2moe", {"i2moe": {"uniqueness_distance": "normalized"}})}
 
 
 def run(method: str, kind: str, num_modalities: int, seed: int, size: int) -> dict:
@@ -141,6 +146,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--three_modalities", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--markdown", action="store_true", help="print the docs tables of the stored results and stop")
+    parser.add_argument("--output", default="attribution_planted.json",
+                        help="the JSON under benchmarks/results/ that the runs are written to (rewritten as they finish)")
     args = parser.parse_args()
     if args.markdown:
         print(markdown_tables(json.loads((RESULTS / "attribution_planted.json").read_text())))
@@ -164,9 +171,9 @@ def main() -> None:
                     line += f", weights {row['weights_auroc']}"
             print(line, flush=True)
             RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / "attribution_planted.json").write_text(json.dumps(
-                {"command": "python benchmarks/attribution_planted.py", "held_out_size": args.size, "rows": rows},
-                indent=1) + "\n")
+            (RESULTS / args.output).write_text(json.dumps(
+                {"command": "python benchmarks/attribution_planted.py " + " ".join(sys.argv[1:]),
+                 "held_out_size": args.size, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

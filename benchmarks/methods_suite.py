@@ -67,7 +67,10 @@ I2MOE_SETTINGS = {"i2moe": {"i2moe_expert_loss_weight": 0.0}, "i2moe_xl": {"i2mo
                   # the MoE remedies for a collapsing mixture (issue 14), at the converged AV-MNIST budget: a
                   # load-balancing term, and equal weights for the first 2 epochs (2 x 157 steps of 64 rows)
                   "i2moe_balance": {"i2moe": {"expert_loss_weight": 0.0, "balance_weight": 0.1}},
-                  "i2moe_eqwarm": {"i2moe": {"expert_loss_weight": 0.0, "reweight_warmup_steps": 314}}}
+                  "i2moe_eqwarm": {"i2moe": {"expert_loss_weight": 0.0, "reweight_warmup_steps": 314}},
+                  # the uniqueness triplet on unit-normalised logits (scale-free: the raw-logit margin was met by
+                  # bimodal "uniqueness" experts on AV-MNIST seeds 5-7)
+                  "i2moe_normuni": {"i2moe": {"expert_loss_weight": 0.0, "uniqueness_distance": "normalized"}}}
 PLANTED_EPOCHS, PLANTED_LR, BATCH, DROPOUT = 30, 1e-3, 64, 0.3
 PLANTED_SIZES = (4000, 1000, 2000)
 # `ensemble` also writes the `image`, `audio` and `intra` rows (from the same two unimodal models).
@@ -272,8 +275,13 @@ PART_METHODS = ("vanilla_lf", "vanilla_lrtf", "vanilla")
 # baseline of `i2moe_warm*`. `i2m2_product*`: the assembled product before any fine-tuning (a joint
 # fine-tuning budget of 0). Fine-tuning: `--finetune_epochs` at `--finetune_lr` (default: a tenth of
 # the suite's lr, as the paper's joint lr), under the suite's schedule and epoch keeping.
+# `vanilla_uniwarm*` / `i2moe_uniwarm*`: the fusion / I2MoE whose encoders (tower, projection, null
+# tokens) start as the separately trained unimodal models' and everything after them fresh (the start
+# DMIL's stage 1 gives its level 2): what separately trained towers are worth to a fusion and to
+# I2MoE, each beside the other at the same budget. Their fresh heads train at the suite's lr.
+UNIWARM_METHODS = ("vanilla_uniwarm_lf", "i2moe_uniwarm_lf", "vanilla_uniwarm", "i2moe_uniwarm")
 STAGED_METHODS = ("i2m2_staged_lf", "i2m2_staged_lrtf", "i2m2_product_lf", "i2m2_product_lrtf", "i2moe_warm_lf",
-                  "vanilla_warm_lf", "i2m2_staged", "i2m2_product", "i2moe_warm", "vanilla_warm")
+                  "vanilla_warm_lf", "i2m2_staged", "i2m2_product", "i2moe_warm", "vanilla_warm", *UNIWARM_METHODS)
 
 
 def run_avmnist_staged(method: str, seed: int, args, data: dict) -> dict:
@@ -323,12 +331,28 @@ def warm_i2moe(fusion_model) -> I2MoEForClassification:
     return model
 
 
+def unimodal_warm(fusion_config: I2MoEConfig, method: str, unimodal: dict[str, I2MoEForClassification]):
+    """`method` on the fusion's config, each modality's encoder (tower, projection, null tokens) loaded
+    from its trained one-modality model in `unimodal`, the fusion / experts / reweighting model fresh."""
+    model = I2MoEForClassification(I2MoEConfig(**{**fusion_config.to_dict(), "method": method}))
+    state = {key: value for name, part in unimodal.items() for key, value in part.state_dict().items()
+             if key.startswith(f"encoders.{name}.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(key.startswith("encoders.") for key in missing):
+        raise ValueError(f"unimodal_warm: the unimodal encoders do not fit: missing {missing}, unexpected {unexpected}")
+    return model
+
+
 def staged_start(method: str, inter_name: str, unimodal_names: tuple[str, ...], part) -> tuple:
-    """The model a staged row fine-tunes, built from the `part(name)` models, and the parts' test accuracies."""
-    names = (*unimodal_names, inter_name) if method.startswith("i2m2") else (inter_name,)
-    parts = {name: part(name) for name in names}
+    """The model a staged row fine-tunes, built from the `part(name)` models, and the parts' test accuracies
+    (a `uniwarm` row reads only the fusion part's config, none of its weights)."""
+    with_unimodal = method.startswith("i2m2") or method in UNIWARM_METHODS
+    parts = {name: part(name) for name in ((*unimodal_names, inter_name) if with_unimodal else (inter_name,))}
     inter = parts[inter_name][0]
-    if method.startswith("i2m2"):
+    if method in UNIWARM_METHODS:
+        model = unimodal_warm(inter.config, method.split("_")[0], {name: parts[name][0] for name in unimodal_names})
+        del parts[inter_name]
+    elif method.startswith("i2m2"):
         model = I2MoEForClassification.from_i2m2_parts(unimodal={name: parts[name][0] for name in unimodal_names},
                                                        inter=inter)
     else:
@@ -340,11 +364,13 @@ def finetune_staged(method: str, seed: int, args, splits: dict, part, inter_name
                     suite_lr: float, **fit) -> dict:
     """A staged row: its start (`staged_start`) fine-tuned on `splits` (`fit`: the suite's batch size,
     modality dropout, weight decay, schedule); `i2m2_product*` rows are the start itself, evaluated."""
+    torch.manual_seed(seed)  # the fresh parts of the start (reweighting model, uniwarm heads)
     model, parts = staged_start(method, inter_name, unimodal_names, part)
     if method.startswith("i2m2_product"):
         validation = round(evaluate(model, splits["validation"])["accuracy"], 4)
         return {**_result(model, splits["test"], [validation]), "parts_test_accuracy": parts}
-    settings = {"epochs": args.finetune_epochs, "lr": args.finetune_lr or suite_lr / 10}
+    settings = {"epochs": args.finetune_epochs,
+                "lr": args.finetune_lr or (suite_lr if method in UNIWARM_METHODS else suite_lr / 10)}
     torch.manual_seed(seed)
     result = train_epochs(model, splits["train"], splits["validation"], **settings, seed=seed + 100, **fit)
     row = _result(model, splits["test"], [round(result["accuracy"], 4)], [result])
@@ -589,7 +615,8 @@ ACCEPTANCE = [
     ("avmnist", "i2m2_staged_lf", ("intra", "vanilla_lf")), ("avmnist", "i2m2_staged_lrtf", ("intra", "vanilla_lrtf")),
     ("avmnist", "i2m2_product_lf", ("intra", "vanilla_lf")), ("avmnist", "i2m2_product_lrtf", ("intra", "vanilla_lrtf")),
     ("avmnist", "i2moe_warm_lf", ("vanilla_lf", "vanilla_warm_lf")), ("avmnist", "dmil_late", ("vanilla_lf", "ensemble")),
-    ("avmnist", "dmil_fused", ("vanilla_lf", "ensemble")),
+    ("avmnist", "dmil_fused", ("vanilla_lf", "ensemble")), ("avmnist", "i2moe_normuni_lf", ("vanilla_lf",)),
+    ("avmnist", "vanilla_uniwarm_lf", ("vanilla_lf",)), ("avmnist", "i2moe_uniwarm_lf", ("vanilla_lf", "vanilla_uniwarm_lf")),
     *(("fashion", method, ("image", "text")) for method in ("vanilla", "i2moe", "i2m2", "dmil", "dmil_fast2", "dmil_wide",
                                                             "dmil_lowkl", "dmil_fused", "dmil_mean", "i2moe_warm", "i2m2_staged",
                                                             "i2m2_product")),

@@ -163,15 +163,19 @@ def _mean_or_zero(values: list) -> torch.Tensor:
     return torch.stack(values).mean() if values else torch.tensor(0.0, dtype=torch.float64)
 
 
-def i2moe_loss_terms(outputs: dict, present: torch.Tensor, names: list[str], margin: float, regression: bool) -> dict:
+def i2moe_loss_terms(outputs: dict, present: torch.Tensor, names: list[str], margin: float, regression: bool,
+                     normalized: bool = False) -> dict:
     """METHODS.md section 1, one expert, one pair at a time. `outputs[name]` is `(V, B, C)`: that
     expert on variant 0 (clean) and variant j + 1 (modality j perturbed). A pair (row b,
     perturbed modality j) counts only where modality j is present in row b; for uniqueness
-    expert i, only where modality i is present too, and j = i is its negative, not a pair."""
+    expert i, only where modality i is present too, and j = i is its negative, not a pair.
+    `normalized`: the uniqueness triplet on each output divided by its Euclidean length."""
     num_modalities, batch = present.shape[1], present.shape[0]
     terms = {}
     for i in range(num_modalities):
         expert = outputs[names[i]]
+        if normalized:
+            expert = expert / torch.sqrt((expert ** 2).sum(-1, keepdim=True))
         values = [
             relu(euclidean(expert[0, b], expert[j + 1, b]) - euclidean(expert[0, b], expert[i + 1, b]) + margin)
             for j in range(num_modalities) if j != i

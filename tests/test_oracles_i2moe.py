@@ -141,17 +141,19 @@ def test_inference_uses_the_clean_pass_only():
     assert result.interaction_loss is None
 
 
-@pytest.mark.parametrize("regression", [False, True])
-def test_loss_terms_of_given_outputs_equal_the_formulas(regression):
+@pytest.mark.parametrize("regression, distance", [(False, "logits"), (True, "logits"), (False, "normalized")])
+def test_loss_terms_of_given_outputs_equal_the_formulas(regression, distance):
     """`interaction_loss_terms` on arbitrary expert outputs (K, V, B, C), rows with missing modalities."""
     num_labels = 1 if regression else 4
-    interaction, _ = interaction_and_config(num_labels=num_labels, problem_type="regression" if regression else None)
+    interaction, _ = interaction_and_config(num_labels=num_labels, problem_type="regression" if regression else None,
+                                            i2moe={"uniqueness_distance": distance})
     generator = torch.Generator().manual_seed(4)
     outputs = torch.randn(5, 4, 5, num_labels, generator=generator, dtype=torch.float64)
     present = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
     terms = interaction.interaction_loss_terms(outputs, present)
     by_name = {name: outputs[interaction.component_names.index(name)] for name in EXPERTS}
-    expected = oracles.i2moe_loss_terms(by_name, present, EXPERTS, margin=0.75, regression=regression)
+    expected = oracles.i2moe_loss_terms(by_name, present, EXPERTS, margin=0.75, regression=regression,
+                                        normalized=distance == "normalized")
     for name in EXPERTS:
         torch.testing.assert_close(terms[interaction.component_names.index(name)], expected[name],
                                    rtol=1e-9, atol=1e-9, msg=name)
@@ -169,6 +171,34 @@ def test_triplet_margin_and_distances_by_hand():
     assert terms[expert].item() == pytest.approx(5.75 / 2)
     # Experts with all-zero outputs: every distance 0, so each uniqueness term is the margin.
     assert terms[interaction.component_names.index("uniqueness_m1")].item() == pytest.approx(0.75)
+
+
+def test_normalized_triplet_by_hand_and_free_of_the_logits_scale():
+    """`uniqueness_distance="normalized"`: distances of unit vectors, so scaling an expert's
+    outputs leaves its term unchanged (the Euclidean term grows with them)."""
+    distances = {}
+    for distance in ("logits", "normalized"):
+        interaction, _ = interaction_and_config(num_labels=2, i2moe={"uniqueness_distance": distance})
+        expert = interaction.component_names.index("uniqueness_m0")
+        outputs = torch.ones(5, 4, 1, 2, dtype=torch.float64)
+        outputs[expert, 0, 0] = torch.tensor([1.0, 0.0])  # anchor
+        outputs[expert, 1, 0] = torch.tensor([0.0, 2.0])  # negative: unit distance sqrt(2)
+        outputs[expert, 2, 0] = torch.tensor([3.0, 0.0])  # positive: unit distance 0 -> relu(0 - sqrt 2 + 0.75) = 0
+        outputs[expert, 3, 0] = torch.tensor([0.0, -1.0])  # positive: unit distance sqrt(2) -> relu(0.75)
+        present = torch.ones(1, 3, dtype=torch.bool)
+        terms = [interaction.interaction_loss_terms(scale * outputs, present)[expert].item() for scale in (1.0, 10.0)]
+        distances[distance] = terms
+    assert distances["normalized"] == pytest.approx([0.75 / 2, 0.75 / 2])
+    # Euclidean, scale 1: relu(2 - sqrt 5 + 0.75) = 0.514 and relu(sqrt 2 - sqrt 5 + 0.75) = 0 -> mean 0.257;
+    # scale 10: relu(20 - 10 sqrt 5 + 0.75) = 0 too: the same outputs, grown, meet the margin.
+    assert distances["logits"] == pytest.approx([(2 - 5 ** 0.5 + 0.75) / 2, 0.0])
+
+
+def test_uniqueness_distance_must_be_known_and_normalized_needs_classification():
+    with pytest.raises(ValueError, match=r"i2moe.uniqueness_distance.*one of \('logits', 'normalized'\)"):
+        make_config(method="i2moe", i2moe={"uniqueness_distance": "cosine"})
+    with pytest.raises(ValueError, match="normalized.*classification"):
+        make_config(method="i2moe", num_labels=1, i2moe={"uniqueness_distance": "normalized"})
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])

@@ -21,6 +21,7 @@ from .registry_i2moe import FUSIONS, INTERACTIONS, POOLERS, Registry
 # The layout of saved configs and weights (`I2MoEConfig.i2moe_format_version`).
 FORMAT_VERSION = 2
 PERTURBATIONS = ("noise", "zero", "mean", "null")
+UNIQUENESS_DISTANCES = ("logits", "normalized")
 EXECUTIONS = ("auto", "stacked", "chunked")
 I2M2_MODES = ("product", "intra", "inter")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
@@ -279,6 +280,10 @@ class I2MoEExpertsConfig(_Settings):
         perturbation (`str`): what replaces a perturbed modality's tokens: `"noise"` (fresh N(0, I),
             the paper's choice), `"zero"`, `"mean"` (batch mean) or `"null"` (the learned null tokens).
         margin (`float`): margin of the uniqueness triplet loss.
+        uniqueness_distance (`str`): the distance the uniqueness triplet loss compares: `"logits"`
+            (Euclidean distance of the logits, the paper's) or `"normalized"` (of the unit-normalised
+            logits: scale-free, like the synergy and redundancy cosines, so that the margin cannot be
+            met by growing the logits; classification only).
         temperature (`float`): softmax temperature of the reweighting model.
         reweight_hidden_size (`int`), reweight_num_layers (`int`), reweight_dropout (`float`): the
             reweighting MLP (`num_layers` counts its linear layers).
@@ -307,6 +312,7 @@ class I2MoEExpertsConfig(_Settings):
     lambda_int: float = 0.1
     perturbation: str = "noise"
     margin: float = 1.0
+    uniqueness_distance: str = "logits"
     temperature: float = 1.0
     reweight_hidden_size: int = 128
     reweight_num_layers: int = 2
@@ -334,6 +340,9 @@ class I2MoEExpertsConfig(_Settings):
                 f"I2MoEConfig: `i2moe.perturbation_fraction` is the fraction of rows that get perturbed passes, "
                 f"in (0, 1]; got {self.perturbation_fraction!r}"
             )
+        if self.uniqueness_distance not in UNIQUENESS_DISTANCES:
+            raise ValueError(f"I2MoEConfig: `i2moe.uniqueness_distance` must be one of {UNIQUENESS_DISTANCES}, "
+                             f"got {self.uniqueness_distance!r}")
         if self.perturbation not in PERTURBATIONS:
             raise ValueError(f"I2MoEConfig: `i2moe.perturbation` must be one of {PERTURBATIONS}, got {self.perturbation!r}")
         for field in ("lambda_int", "margin", "expert_loss_weight", "balance_weight"):
@@ -588,6 +597,11 @@ class I2MoEConfig(PreTrainedConfig):
                     f"problem_type={self.problem_type!r}"
                 )
             self.problem_type = "single_label_classification"
+        if self.method == "i2moe" and self.problem_type == "regression" and self.i2moe.uniqueness_distance == "normalized":
+            raise ValueError(
+                "I2MoEConfig: `i2moe.uniqueness_distance='normalized'` needs classification logits (a normalised "
+                "scalar output is only its sign); use 'logits' for regression"
+            )
 
     def _validate_i2m2(self) -> None:
         if self.i2m2.head_hidden_size is None:

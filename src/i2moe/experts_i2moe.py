@@ -116,6 +116,7 @@ class I2MoEInteraction(nn.Module):
         self.component_names = interaction_component_names(layout.names)
         self.perturbation = settings.perturbation
         self.margin = settings.margin
+        self.uniqueness_distance = settings.uniqueness_distance
         self.lambda_int = settings.lambda_int
         self.expert_loss_weight = settings.expert_loss_weight
         self.balance_weight = settings.balance_weight
@@ -169,12 +170,13 @@ class I2MoEInteraction(nn.Module):
         # Which candidate each expert's loss reads, as weights (K, 1, 2H, 1) over the candidates
         # [triplet (H halves), similarity input (H halves)], plus a constant per expert. Halves:
         # raw and unit-normalised logits (H = 2) for classification, raw (H = 1) for regression.
+        # Uniqueness: the triplet of the raw half, or of the unit half (`uniqueness_distance`).
         # Classification: cos = 1 - sq/2 on the unit half: redundancy sq/2, synergy 1 - sq/2.
         # Regression: sim = exp(-sq) on the raw half: redundancy 1 - sim, synergy sim.
         redundancy, synergy = self.component_names.index("redundancy"), self.component_names.index("synergy")
         halves = 1 if self.regression else 2
         routing = torch.zeros(num_experts, 1, 2 * halves, 1)
-        routing[:num_modalities, 0, 0] = 1.0
+        routing[:num_modalities, 0, 1 if self.uniqueness_distance == "normalized" else 0] = 1.0
         routing[redundancy, 0, -1], routing[synergy, 0, -1] = (-1.0, 1.0) if self.regression else (0.5, -0.5)
         offset = torch.zeros(num_experts)
         offset[redundancy if self.regression else synergy] = 1.0
@@ -304,7 +306,8 @@ class I2MoEInteraction(nn.Module):
         `(K, V, B, C)` (variant 0 clean, variant j + 1 with modality j perturbed):
 
         - uniqueness expert i: `mean_{j != i, b} relu(||a - p_j|| - ||a - n|| + margin)` with anchor
-          `a = y_i^0`, negative `n = y_i^i`, positives `p_j = y_i^j`;
+          `a = y_i^0`, negative `n = y_i^i`, positives `p_j = y_i^j` (each divided by its norm first
+          with `uniqueness_distance="normalized"`);
         - redundancy: `mean_{j, b} 1 - sim(y^0, y^j)` (perturbing one modality should not matter);
         - synergy: `mean_{j, b} sim(y^0, y^j)` (minimised: perturbing any modality should matter);
 
