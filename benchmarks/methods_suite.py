@@ -459,7 +459,8 @@ def run_fashion(method: str, seed: int, args, data: tuple[dict, dict]) -> dict:
     if method == "i2m2":
         config = fashion_config(spec, both, "vanilla", i2m2_heads=True)
     else:
-        config = fashion_config(spec, both, method, **I2MOE_SETTINGS.get(method, {}))
+        config = fashion_config(spec, both, "i2moe" if method in I2MOE_SETTINGS else method,
+                                **I2MOE_SETTINGS.get(method, {}))
     model = I2MoEForClassification(config)
     result = fit(model, splits, 0.3)
     if method in PART_METHODS:
@@ -616,10 +617,11 @@ ACCEPTANCE = [
     ("avmnist", "i2m2_product_lf", ("intra", "vanilla_lf")), ("avmnist", "i2m2_product_lrtf", ("intra", "vanilla_lrtf")),
     ("avmnist", "i2moe_warm_lf", ("vanilla_lf", "vanilla_warm_lf")), ("avmnist", "dmil_late", ("vanilla_lf", "ensemble")),
     ("avmnist", "dmil_fused", ("vanilla_lf", "ensemble")), ("avmnist", "i2moe_normuni_lf", ("vanilla_lf",)),
+    ("avmnist", "i2moe_normuni_lrtf", ("vanilla_lrtf",)), ("avmnist", "i2moe_normuni_transformer", ("vanilla_transformer",)),
     ("avmnist", "vanilla_uniwarm_lf", ("vanilla_lf",)), ("avmnist", "i2moe_uniwarm_lf", ("vanilla_lf", "vanilla_uniwarm_lf")),
     *(("fashion", method, ("image", "text")) for method in ("vanilla", "i2moe", "i2m2", "dmil", "dmil_fast2", "dmil_wide",
                                                             "dmil_lowkl", "dmil_fused", "dmil_mean", "i2moe_warm", "i2m2_staged",
-                                                            "i2m2_product")),
+                                                            "i2m2_product", "i2moe_normuni")),
 ]
 
 

@@ -250,6 +250,22 @@ def test_interpretation_tables_are_the_stored_attribution_runs(monkeypatch):
     assert block == tool.markdown_tables(stored), "docs/interpretation.md: paste `attribution_planted.py --markdown`"
 
 
+def test_normalized_uniqueness_attribution_sentence():
+    """docs/i2moe.md's planted comparison of the two uniqueness distances, from their committed runs."""
+    rows = results("attribution_planted_normuni.json")["rows"]
+
+    def named(method: str) -> int:
+        return sum(row["weights_dominant"] == row["kind"] for row in rows if row["method"] == method and row["kind"] != "mixture")
+
+    def auroc(method: str, kind: str) -> str:
+        return " / ".join(f"{row['weights_auroc'][kind]:.2f}" for row in rows if row["method"] == method and row["kind"] == "mixture")
+
+    assert_quoted("docs/i2moe.md", f"name the planted type on {named('i2moe_normuni')} of 8 single-type datasets "
+                                   f"(the paper's distance: {named('i2moe')} of 8)",
+                  f"`uniqueness_a` {auroc('i2moe_normuni', 'uniqueness_a')} (the paper's: {auroc('i2moe', 'uniqueness_a')})",
+                  f"`uniqueness_b` {auroc('i2moe_normuni', 'uniqueness_b')} ({auroc('i2moe', 'uniqueness_b')})")
+
+
 # --- issue 14's results suite ---
 
 
