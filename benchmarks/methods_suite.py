@@ -505,7 +505,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="where the trained parts of the staged rows are saved (per suite, budget and seed)")
     parser.add_argument("--finetune_epochs", type=int, default=5, help="staged rows: joint fine-tuning epochs")
     parser.add_argument("--finetune_lr", type=float, default=None,
-                        help="staged rows: joint fine-tuning lr (default: a tenth of the suite's lr)")
+                        help="staged rows: joint fine-tuning lr (default: a tenth of the suite's lr; uniwarm rows: the suite's)")
     parser.add_argument("--summarise", action="store_true", help="only print the tables")
     parser.add_argument("--markdown", action="store_true", help="only print the tables as markdown (for the docs)")
     parser.add_argument("--write_docs", metavar="MARKDOWN", default=None,

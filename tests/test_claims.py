@@ -297,6 +297,7 @@ def test_readme_quotes_the_suites_medians():
     assert_quoted(
         "README.md",
         f"vanilla LF {avmnist('vanilla_lf')}, I2MoE LF {avmnist('i2moe_lf')}",
+        f"`i2moe.uniqueness_distance=\"normalized\"` {avmnist('i2moe_normuni_lf')}, 5 of 8",
         f"vanilla LRTF {avmnist('vanilla_lrtf')}, I2MoE LRTF {avmnist('i2moe_lrtf')}",
         f"vanilla transformer {avmnist('vanilla_transformer')}, I2MoE transformer {avmnist('i2moe_transformer')}",
         f"DMIL (its defaults) {avmnist('dmil_fused')} (above joint and ensemble",

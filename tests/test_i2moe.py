@@ -257,14 +257,23 @@ def test_torch_compile_smoke():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    config = make_config("lrtf", method="i2moe", i2moe_perturbation="null", i2moe_temperature=2.0)
+    config = make_config("lrtf", method="i2moe", i2moe_perturbation="null", i2moe_temperature=2.0,
+                         i2moe={"uniqueness_distance": "normalized"})
     model = I2MoEForClassification(config).eval()
     model.save_pretrained(tmp_path)
     assert (tmp_path / "experts_i2moe.py").exists()  # remote code travels with the model
     loaded = I2MoEForClassification.from_pretrained(tmp_path).eval()
     assert loaded.config.i2moe.perturbation == "null" and loaded.config.i2moe.temperature == 2.0
-    inputs = make_inputs(config)
+    assert loaded.config.i2moe.uniqueness_distance == "normalized"
+    inputs = {**make_inputs(config), "labels": torch.tensor([0, 1, 2, 0])}
     torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
+    # The loss's constant routing (which distance each term reads) is rebuilt on loading, not stored.
+    terms = []
+    for copy in (model, loaded):
+        torch.manual_seed(3)  # the reweighting dropout
+        terms.append(copy.train()(**inputs).loss_terms)
+    for name, value in terms[0].items():
+        torch.testing.assert_close(terms[1][name], value, msg=name)
 
 
 @pytest.mark.parametrize(
