@@ -175,8 +175,8 @@ def test_triplet_margin_and_distances_by_hand():
 
 def test_normalized_triplet_by_hand_and_free_of_the_logits_scale():
     """`uniqueness_distance="normalized"`: distances of unit vectors, so scaling an expert's
-    outputs leaves its term unchanged (the Euclidean term grows with them)."""
-    distances = {}
+    outputs leaves its term unchanged (the Euclidean one changes: grown tenfold, these outputs meet its margin)."""
+    terms_by_scale = {}
     for distance in ("logits", "normalized"):
         interaction, _ = interaction_and_config(num_labels=2, i2moe={"uniqueness_distance": distance})
         expert = interaction.component_names.index("uniqueness_m0")
@@ -187,11 +187,11 @@ def test_normalized_triplet_by_hand_and_free_of_the_logits_scale():
         outputs[expert, 3, 0] = torch.tensor([0.0, -1.0])  # positive: unit distance sqrt(2) -> relu(0.75)
         present = torch.ones(1, 3, dtype=torch.bool)
         terms = [interaction.interaction_loss_terms(scale * outputs, present)[expert].item() for scale in (1.0, 10.0)]
-        distances[distance] = terms
-    assert distances["normalized"] == pytest.approx([0.75 / 2, 0.75 / 2])
+        terms_by_scale[distance] = terms
+    assert terms_by_scale["normalized"] == pytest.approx([0.75 / 2, 0.75 / 2])
     # Euclidean, scale 1: relu(2 - sqrt 5 + 0.75) = 0.514 and relu(sqrt 2 - sqrt 5 + 0.75) = 0 -> mean 0.257;
     # scale 10: relu(20 - 10 sqrt 5 + 0.75) = 0 too: the same outputs, grown, meet the margin.
-    assert distances["logits"] == pytest.approx([(2 - 5 ** 0.5 + 0.75) / 2, 0.0])
+    assert terms_by_scale["logits"] == pytest.approx([(2 - 5 ** 0.5 + 0.75) / 2, 0.0])
 
 
 def test_uniqueness_distance_must_be_known_and_normalized_needs_classification():
