@@ -39,6 +39,7 @@ from planted import (append_row, evaluate, finished_keys, median, planted_config
                      read_rows, train_dmil, train_epochs)
 
 from i2moe import I2MoEForClassification
+from i2moe.configuration_i2moe import DMIL_PAPER_STAGE3_WEIGHTS
 from i2moe.dmil_training import apply_dmil_stage
 
 
@@ -55,7 +56,7 @@ VARIANTS = {  # name: (synergy input, config overrides, stages)
 }
 # Measured with the paper's stage-3 weights (the package default until issue 14's "Stage-3 weights"),
 # pinned so that a rerun reproduces the committed rows.
-PAPER_STAGE3 = {"dmil_stage3_component_weight": 0.8, "dmil_stage3_unimodal_weight": 0.5}
+PAPER_STAGE3 = {f"dmil_{name}": value for name, value in DMIL_PAPER_STAGE3_WEIGHTS.items()}
 VANILLA = ("vanilla", 30, 1e-3)
 TRAIN, VALIDATION, TEST, BATCH, DROPOUT = 4000, 1000, 2000, 64, 0.3
 

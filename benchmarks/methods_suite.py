@@ -48,6 +48,7 @@ from planted import (append_row, evaluate, finished_keys, median, planted_config
                      read_rows, train_dmil, train_epochs)
 
 from i2moe import I2MoEConfig, I2MoEForClassification, I2MoELeNetConfig
+from i2moe.configuration_i2moe import DMIL_PAPER_STAGE3_WEIGHTS
 from i2moe.dmil_training import DEFAULT_DMIL_STAGES
 
 
@@ -95,7 +96,7 @@ _DEFAULT_SPLIT = tuple(stage.num_train_epochs for stage in DEFAULT_DMIL_STAGES)
 _DEFAULT_RATES = tuple(stage.learning_rate for stage in DEFAULT_DMIL_STAGES)
 # Stage 3's component / level-1 cross-entropy weights: the paper's (the package default until issue 14's
 # `dmil_fused` rows) and the package's since; pinned per variant, so a row means the same whatever the default.
-PAPER_STAGE3 = {"stage3_component_weight": 0.8, "stage3_unimodal_weight": 0.5}
+PAPER_STAGE3 = DMIL_PAPER_STAGE3_WEIGHTS
 FUSED_STAGE3 = {"stage3_component_weight": 0.1, "stage3_unimodal_weight": 0.1}
 MEAN_STAGE3 = {"stage3_component_weight": 0.2, "stage3_unimodal_weight": 0.25}
 DMIL_VARIANTS = {"dmil": (_DEFAULT_SPLIT, _DEFAULT_RATES, PAPER_STAGE3),

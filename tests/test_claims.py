@@ -215,11 +215,16 @@ def test_distributed_variant_counts():
 # --- the mutation-testing note ---
 
 
-def mutation_tool():
-    spec = importlib.util.spec_from_file_location("mutation_testing", ROOT / "tools" / "mutation_testing.py")
+def load_script(path: Path):
+    """A script of the repository (not a package module) imported from its file."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def mutation_tool():
+    return load_script(ROOT / "tools" / "mutation_testing.py")
 
 
 def test_mutation_testing_note_quotes_its_results():
@@ -240,10 +245,8 @@ def test_mutation_testing_note_quotes_its_results():
 def test_interpretation_tables_are_the_stored_attribution_runs(monkeypatch):
     """docs/interpretation.md's planted-attribution tables are what `attribution_planted.py --markdown`
     makes of the committed JSON: a rerun committed without the page (or the page edited by hand) fails."""
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("attribution_planted", ROOT / "benchmarks" / "attribution_planted.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # for the benchmarks' shared modules
+    tool = load_script(ROOT / "benchmarks" / "attribution_planted.py")
     stored = json.loads((ROOT / "benchmarks" / "results" / "attribution_planted.json").read_text())
     page = text("docs/interpretation.md")
     block = page.split("<!-- ATTRIBUTION_PLANTED_TABLES -->\n", 1)[1].split("\n<!-- /ATTRIBUTION_PLANTED_TABLES -->", 1)[0]
@@ -272,10 +275,8 @@ def test_normalized_uniqueness_attribution_sentence():
 def test_results_tables_are_the_suites_output(tmp_path, monkeypatch):
     """docs/results.md's generated tables are what its own `--write_docs` command makes of the committed
     result lines: a result line added or changed without regenerating the page fails here."""
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("methods_suite", ROOT / "benchmarks" / "methods_suite.py")
-    suite = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(suite)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # for the benchmarks' shared modules
+    suite = load_script(ROOT / "benchmarks" / "methods_suite.py")
     page = text("docs/results.md")
     command = page.split("methods_suite.py --acceptance", 1)[1].split("--write_docs", 1)[0].replace("\\", " ")
     copy = tmp_path / "results.md"

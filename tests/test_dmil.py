@@ -14,6 +14,7 @@ from transformers import TrainerCallback, TrainingArguments
 from conftest import make_config, make_inputs
 from oracles import randomize_parameters
 from i2moe import I2MoEConfig, I2MoEFeaturesConfig, I2MoEForClassification, I2MoELeNetConfig
+from i2moe.configuration_i2moe import DMIL_PAPER_STAGE3_WEIGHTS
 from i2moe.dmil_i2moe import gaussian_kl, gaussian_kl_standard_normal
 from i2moe.dmil_training import DMILStage, run_dmil_schedule
 
@@ -24,6 +25,10 @@ SYNERGY_METRIC = Path(__file__).resolve().parents[1] / "src" / "i2moe" / "metric
 # The paper's stage-3 weights (0.8 on the components' cross-entropies, 0.5 on the level-1 heads'); the
 # package's are 0.1 / 0.1 (docs/dmil.md, "Stage-3 weights").
 PAPER_STAGE3 = {"dmil_stage3_component_weight": 0.8, "dmil_stage3_unimodal_weight": 0.5}
+
+
+def test_the_named_paper_weights_are_the_papers():
+    assert DMIL_PAPER_STAGE3_WEIGHTS == {name.removeprefix("dmil_"): value for name, value in PAPER_STAGE3.items()}
 
 
 def dmil_config(feature_sizes=(8, 4), **overrides) -> I2MoEConfig:

@@ -22,6 +22,9 @@ from .registry_i2moe import FUSIONS, INTERACTIONS, POOLERS, Registry
 FORMAT_VERSION = 2
 PERTURBATIONS = ("noise", "zero", "mean", "null")
 UNIQUENESS_DISTANCES = ("logits", "normalized")
+# The DMIL paper's stage-3 cross-entropy weights (components 0.8, level-1 heads 0.5): pass as
+# `dmil=DMIL_PAPER_STAGE3_WEIGHTS` to train as the paper does (the defaults are 0.1 / 0.1, docs/dmil.md).
+DMIL_PAPER_STAGE3_WEIGHTS = {"stage3_component_weight": 0.8, "stage3_unimodal_weight": 0.5}
 EXECUTIONS = ("auto", "stacked", "chunked")
 I2M2_MODES = ("product", "intra", "inter")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
