@@ -19,6 +19,8 @@ Then the same for the 3-modality suite (vanilla only). Writes
     python benchmarks/attribution_planted.py --markdown     # docs/interpretation.md's tables, from the JSON
     python benchmarks/attribution_planted.py --methods i2moe_normuni --no-three_modalities \
         --output attribution_planted_normuni.json               # a variant, beside the stored runs
+    python benchmarks/attribution_planted.py --methods i2moe_guided --no-three_modalities \
+        --output attribution_planted_guided.json
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ TRAINING = {2: (400, 3e-3, {}), 3: (600, 3e-3, {"hidden_size": 64, "fusion_hidde
 METHODS = {"vanilla": ("vanilla", {}), "i2moe": ("i2moe", {}), "dmil": ("dmil", {}),
            "vanilla+i2m2": ("vanilla", {"i2m2_heads": True}),
            # the uniqueness triplet on unit-normalised logits (`docs/i2moe.md`, "Collapse")
-           "i2moe_normuni": ("i2moe", {"i2moe": {"uniqueness_distance": "normalized"}})}
+           "i2moe_normuni": ("i2moe", {"i2moe": {"uniqueness_distance": "normalized"}}),
+           # the label-guided interaction losses (`docs/i2moe.md`, "Label-guided interaction losses")
+           "i2moe_guided": ("i2moe", {"i2moe": {"label_guidance_weight": 3.0}})}
 
 
 def run(method: str, kind: str, num_modalities: int, seed: int, size: int) -> dict:

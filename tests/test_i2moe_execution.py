@@ -136,20 +136,22 @@ def test_checkpointing_frees_the_expert_activations():
 
 def test_subsampled_loss_is_unbiased_over_the_row_draws(monkeypatch):
     """With one row drawn (fraction 0.2 of 5), the loss's mean over the 5 equally likely draws is the
-    full-batch loss (all modalities present, deterministic perturbation); the logits are the full ones."""
-    full = make_interaction(perturbation="zero")
-    subsampled = make_interaction(perturbation="zero", perturbation_fraction=0.2)
+    full-batch loss (all modalities present, deterministic perturbation); the logits are the full ones.
+    The label-guided terms too: each drawn row's with its own label."""
+    full = make_interaction(perturbation="zero", label_guidance_weight=1.0)
+    subsampled = make_interaction(perturbation="zero", perturbation_fraction=0.2, label_guidance_weight=1.0)
     subsampled.load_state_dict(full.state_dict())
     tokens, _, null_tokens = inputs()
-    present = torch.ones(5, 3, dtype=torch.bool)
-    expected = full(tokens, present, null_tokens)
+    present, labels = torch.ones(5, 3, dtype=torch.bool), torch.tensor([1, 0, 1, 1, 0])
+    expected = full(tokens, present, null_tokens, labels=labels)
     estimates = []
     for row in range(5):
         monkeypatch.setattr(subsampled, "_loss_rows", lambda batch, device, row=row: torch.tensor([row]))
-        result = subsampled(tokens, present, null_tokens)
+        result = subsampled(tokens, present, null_tokens, labels=labels)
         torch.testing.assert_close(result.logits, expected.logits, atol=1e-10, rtol=1e-10)
-        estimates.append(result.loss_terms["interaction"])
-    torch.testing.assert_close(torch.stack(estimates).mean(), expected.loss_terms["interaction"], atol=1e-10, rtol=1e-10)
+        estimates.append(torch.stack([result.loss_terms["interaction"], result.loss_terms["label_guidance"]]))
+    full_terms = torch.stack([expected.loss_terms["interaction"], expected.loss_terms["label_guidance"]])
+    torch.testing.assert_close(torch.stack(estimates).mean(0), full_terms, atol=1e-10, rtol=1e-10)
 
 
 def test_subsampling_draws_a_uniform_subset_and_runs_fewer_rows():

@@ -5,6 +5,8 @@ Experts are looked up by name (`component_names`), never by position."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -159,6 +161,55 @@ def test_loss_terms_of_given_outputs_equal_the_formulas(regression, distance):
                                    rtol=1e-9, atol=1e-9, msg=name)
 
 
+def test_label_guidance_terms_of_given_outputs_equal_the_formulas():
+    """`label_guidance_terms` on arbitrary outputs (K, V, B, C), rows with missing modalities."""
+    interaction, _ = interaction_and_config(num_labels=4, i2moe={"label_guidance_weight": 1.0})
+    generator = torch.Generator().manual_seed(5)
+    outputs = torch.randn(5, 4, 5, 4, generator=generator, dtype=torch.float64)
+    present = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    labels = torch.tensor([3, 0, 2, 1, 1])
+    terms = interaction.label_guidance_terms(outputs, present, labels)
+    by_name = {name: outputs[interaction.component_names.index(name)] for name in EXPERTS}
+    expected = oracles.i2moe_label_guidance_terms(by_name, present, labels, EXPERTS)
+    for name in EXPERTS:
+        torch.testing.assert_close(terms[interaction.component_names.index(name)], expected[name],
+                                   rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_label_guidance_by_hand_and_the_uniqueness_target_is_detached():
+    """Two classes, one row, label 0. Synergy: clean logits (0, 0) and every perturbed output (log 3, 0),
+    p = (3/4, 1/4): log 2 + KL(uniform || p) = log 2 + (log(2/3) + log 2) / 2. Uniqueness m0: its
+    outputs with m1 / m2 perturbed are the targets its clean output is pulled to, so their gradient is
+    the cross-entropy's alone."""
+    interaction, _ = interaction_and_config(num_labels=2, i2moe={"label_guidance_weight": 1.0})
+    outputs = torch.zeros(5, 4, 1, 2, dtype=torch.float64)
+    synergy, unique = interaction.component_names.index("synergy"), interaction.component_names.index("uniqueness_m0")
+    outputs[synergy, 1:, 0] = torch.tensor([math.log(3.0), 0.0])
+    outputs[unique, 0, 0] = torch.tensor([2.0, -1.0])
+    outputs[unique, 2:, 0] = torch.tensor([[0.5, 0.0], [-1.0, 1.0]])
+    outputs.requires_grad_(True)
+    present, labels = torch.ones(1, 3, dtype=torch.bool), torch.tensor([0])
+    terms = interaction.label_guidance_terms(outputs, present, labels)
+    assert terms[synergy].item() == pytest.approx(math.log(2.0) + (math.log(2.0 / 3.0) + math.log(2.0)) / 2)
+    terms[unique].backward()
+    perturbed = outputs[unique, 2:, 0].detach().requires_grad_(True)
+    cross_entropy = -torch.log_softmax(perturbed, -1)[:, 0].mean()  # the mean over the two positives
+    (expected,) = torch.autograd.grad(cross_entropy, perturbed)
+    torch.testing.assert_close(outputs.grad[unique, 2:, 0], expected)
+    assert outputs.grad[unique, 0, 0].abs().sum() > 0  # the clean output is what the KL moves
+
+
+def test_label_guidance_needs_single_label_classification():
+    with pytest.raises(ValueError, match="label_guidance_weight.*single-label"):
+        make_config(method="i2moe", num_labels=1, i2moe={"label_guidance_weight": 1.0})
+    with pytest.raises(ValueError, match="label_guidance_weight"):
+        make_config(method="i2moe", i2moe={"label_guidance_weight": -1.0})
+    interaction, _ = interaction_and_config(num_labels=3, i2moe={"label_guidance_weight": 1.0})
+    outputs, present = torch.zeros(5, 4, 2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"label_guidance_weight.*class indices.*shape \(2, 3\)"):
+        interaction.label_guidance_terms(outputs, present, torch.zeros(2, 3))
+
+
 def test_triplet_margin_and_distances_by_hand():
     """One row, two-class outputs whose distances are 3-4-5 triangles: numbers checkable on paper."""
     interaction, _ = interaction_and_config(num_labels=2)
@@ -209,9 +260,11 @@ def test_reweighting_is_the_softmax_of_the_mlp_over_the_temperature(temperature)
     torch.testing.assert_close(interaction.reweighting(features).double(), expected, rtol=1e-6, atol=1e-7)
 
 
-def test_model_loss_is_task_loss_plus_lambda_times_the_interaction_loss():
+@pytest.mark.parametrize("guidance", [0.0, 0.7])
+def test_model_loss_is_task_loss_plus_lambda_times_the_interaction_loss(guidance):
+    """... plus `label_guidance_weight` times the mean of the label-guided terms where it is set."""
     config = make_config("transformer", feature_sizes=(3, 3, 3), num_tokens=list(NUM_TOKENS), method="i2moe",
-                         num_labels=3, i2moe_perturbation="null", **SETTINGS)
+                         num_labels=3, i2moe_perturbation="null", i2moe={"label_guidance_weight": guidance}, **SETTINGS)
     model = oracles.randomize_parameters(I2MoEForClassification(config).double().train(), seed=8, scale=0.3)
     for name in config.modality_names:  # the towers' own dropout off: both passes must see the same tokens
         access.tower(model, name).eval()
@@ -222,10 +275,12 @@ def test_model_loss_is_task_loss_plus_lambda_times_the_interaction_loss():
     with torch.no_grad():
         tokens = model.embed_modalities(**inputs)
     interaction = model.interaction
-    _, _, logits, terms = oracle_step(interaction, config, "transformer", tokens, model.null_tokens,
-                                      inputs["modality_mask"].bool(), "null", False)
+    outputs, _, logits, terms = oracle_step(interaction, config, "transformer", tokens, model.null_tokens,
+                                            inputs["modality_mask"].bool(), "null", False)
     torch.testing.assert_close(output.logits, logits, **FLOAT32_SOFTMAX)
     expected = oracles.cross_entropy(logits, labels) + 0.3 * torch.stack(list(terms.values())).mean()
+    guided = oracles.i2moe_label_guidance_terms(outputs, inputs["modality_mask"].bool(), labels, EXPERTS)
+    expected = expected + guidance * torch.stack(list(guided.values())).mean()
     torch.testing.assert_close(output.loss.double(), expected, **FLOAT32_SOFTMAX)
 
 

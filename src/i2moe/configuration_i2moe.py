@@ -294,6 +294,13 @@ class I2MoEExpertsConfig(_Settings):
             to the mixture's; 0 (the paper). Not the default: it closes part of the AV-MNIST gap but makes
             each expert learn the whole task, so an expert's name no longer says what it carries
             (docs/i2moe.md, "Collapse").
+        label_guidance_weight (`float`): weight of the label-guided interaction losses, added to the
+            paper's output-only ones; 0 (the paper). Each expert's task loss on the perturbed variants its
+            interaction says must still predict (uniqueness expert i: another modality perturbed;
+            redundancy: any one modality perturbed), and for synergy the task loss on the clean input
+            plus `KL(uniform || p)` of each perturbed variant (it must predict with every modality and
+            not without one). Single-label classification only (docs/i2moe.md, "Label-guided
+            interaction losses").
         balance_weight (`float`): weight of the load-balancing term `log K - H(batch-mean weights)`; 0.
         reweight_warmup_steps (`int`): training steps with equal expert weights before the reweighting
             model is used; 0.
@@ -321,6 +328,7 @@ class I2MoEExpertsConfig(_Settings):
     reweight_num_layers: int = 2
     reweight_dropout: float = 0.1
     expert_loss_weight: float = 0.0
+    label_guidance_weight: float = 0.0
     balance_weight: float = 0.0
     reweight_warmup_steps: int = 0
     execution: str = "auto"
@@ -348,7 +356,7 @@ class I2MoEExpertsConfig(_Settings):
                              f"got {self.uniqueness_distance!r}")
         if self.perturbation not in PERTURBATIONS:
             raise ValueError(f"I2MoEConfig: `i2moe.perturbation` must be one of {PERTURBATIONS}, got {self.perturbation!r}")
-        for field in ("lambda_int", "margin", "expert_loss_weight", "balance_weight"):
+        for field in ("lambda_int", "margin", "expert_loss_weight", "label_guidance_weight", "balance_weight"):
             _require_number(f"i2moe.{field}", getattr(self, field), minimum=0.0)
         if isinstance(self.reweight_warmup_steps, bool) or not isinstance(self.reweight_warmup_steps, int) \
                 or self.reweight_warmup_steps < 0:
@@ -604,6 +612,12 @@ class I2MoEConfig(PreTrainedConfig):
             raise ValueError(
                 "I2MoEConfig: `i2moe.uniqueness_distance='normalized'` needs classification logits (a normalised "
                 "scalar output is only its sign); use 'logits' for regression"
+            )
+        if self.method == "i2moe" and self.i2moe.label_guidance_weight and \
+                self.problem_type not in (None, "single_label_classification"):
+            raise ValueError(
+                f"I2MoEConfig: `i2moe.label_guidance_weight` needs single-label classification (its losses are "
+                f"cross-entropies to class indices), got problem_type={self.problem_type!r}; set it to 0"
             )
 
     def _validate_i2m2(self) -> None:

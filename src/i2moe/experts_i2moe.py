@@ -119,6 +119,7 @@ class I2MoEInteraction(nn.Module):
         self.uniqueness_distance = settings.uniqueness_distance
         self.lambda_int = settings.lambda_int
         self.expert_loss_weight = settings.expert_loss_weight
+        self.label_guidance_weight = settings.label_guidance_weight
         self.balance_weight = settings.balance_weight
         self.warmup_steps = settings.reweight_warmup_steps
         # Training forward passes seen, for the reweighting warm-up: a Python int, not a buffer
@@ -180,7 +181,10 @@ class I2MoEInteraction(nn.Module):
         routing[redundancy, 0, -1], routing[synergy, 0, -1] = (-1.0, 1.0) if self.regression else (0.5, -0.5)
         offset = torch.zeros(num_experts)
         offset[redundancy if self.regression else synergy] = 1.0
+        is_synergy = torch.zeros(num_experts, 1, 1, dtype=torch.bool)
+        is_synergy[synergy] = True
         return {
+            "is_synergy": is_synergy,
             "variant_mask": variant_mask[:, None, :, None], "pair_weights": pair_weights[:, :, None],
             "difference_matrix": difference, "negative_matrix": negative,
             "margin_tensor": torch.full((1, 1, 1), float(self.margin)), "own_select": own_select,
@@ -196,13 +200,20 @@ class I2MoEInteraction(nn.Module):
         interaction_loss = loss_terms = None
         if self.training:
             self.training_steps += 1
-            clean, outputs, present = self._perturbed_passes(tokens, present, null_tokens, noise)
+            clean, outputs, rows = self._perturbed_passes(tokens, present, null_tokens, noise)
+            loss_present = present if rows is None else present[rows]
             # In float32 even under autocast: squared distances of large fp16 logits overflow to inf (NaN loss).
             with torch.autocast(tokens.device.type, enabled=False):
-                losses = self.interaction_loss_terms(outputs, present)
+                losses = self.interaction_loss_terms(outputs, loss_present)
             unweighted = losses.mean()
             interaction_loss = self.lambda_int * unweighted
             loss_terms = {**dict(zip(self.component_names, losses.unbind(0))), "interaction": unweighted}
+            if self.label_guidance_weight and labels is not None:
+                loss_labels = labels if rows is None else labels[rows]
+                with torch.autocast(tokens.device.type, enabled=False):
+                    guided = self.label_guidance_terms(outputs, loss_present, loss_labels)
+                loss_terms["label_guidance"] = guided.mean()
+                interaction_loss = interaction_loss + self.label_guidance_weight * loss_terms["label_guidance"]
             if self.balance_weight:
                 loss_terms["balance"] = weight_balance_loss(weights)
                 interaction_loss = interaction_loss + self.balance_weight * loss_terms["balance"]
@@ -232,7 +243,8 @@ class I2MoEInteraction(nn.Module):
 
     def _perturbed_passes(self, tokens: torch.Tensor, present: torch.Tensor, null_tokens: torch.Tensor, noise=None):
         """Every expert on the clean rows and on the V = M + 1 variants of the rows the interaction
-        loss reads: `(clean (K, B, C), outputs (K, V, R, C), present (R, M))`. R = B, or with
+        loss reads: `(clean (K, B, C), outputs (K, V, R, C), rows)`, `rows` the indices of those R rows
+        in the batch, or None when they are all of it. R = B, or with
         `perturbation_fraction` f < 1 a uniformly drawn subset of ceil(f B) rows: the loss's mean over
         those rows estimates its mean over the batch without bias (all modalities present; with
         missing ones each term is a ratio of such estimates), at K (B + M R) backbone rows instead
@@ -242,7 +254,7 @@ class I2MoEInteraction(nn.Module):
         if rows is None:
             variants = torch.where(self.variant_mask, self.replacement(tokens, null_tokens, noise), tokens)  # (V, B, T, d)
             outputs = self.run_experts(variants.flatten(0, 1)).unflatten(1, (self.num_modalities + 1, batch))
-            return outputs[:, 0], outputs, present
+            return outputs[:, 0], outputs, None
         chosen = tokens[rows]
         # The clean pass on every row (the task loss needs it), the perturbed ones on the chosen rows only.
         chosen_noise = None if noise is None else noise.subset(rows)
@@ -250,7 +262,7 @@ class I2MoEInteraction(nn.Module):
         outputs = self.run_experts(torch.cat([tokens, perturbed.flatten(0, 1)]))  # (K, B + M R, C)
         clean = outputs[:, :batch]
         perturbed_outputs = outputs[:, batch:].unflatten(1, (self.num_modalities, rows.numel()))
-        return clean, torch.cat([clean[:, None, rows], perturbed_outputs], dim=1), present[rows]
+        return clean, torch.cat([clean[:, None, rows], perturbed_outputs], dim=1), rows
 
     def _loss_rows(self, batch: int, device: torch.device) -> torch.Tensor | None:
         """Which rows get perturbed passes: None (all) unless `perturbation_fraction` < 1."""
@@ -338,6 +350,38 @@ class I2MoEInteraction(nn.Module):
         candidates = torch.cat([triplet, similarity], dim=2).view(num_experts, self.num_modalities, -1, batch)
         weights = self.routing * self._pair_weights(present)[:, :, None, :]  # (K, M, 2H, B)
         return (candidates * weights).sum((1, 2, 3)) + self.loss_offset
+
+    def label_guidance_terms(self, outputs: torch.Tensor, present: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The K label-guided interaction losses `(K,)` (`label_guidance_weight`) from the same
+        `(K, V, B, C)` outputs as `interaction_loss_terms`, over the same (perturbed modality j, row b)
+        pairs:
+
+        - uniqueness expert i, j != i: `CE(y_i^j, y)` (it still predicts when another modality is gone);
+        - redundancy: `CE(y^j, y)` (it predicts from what is left when any one modality is gone);
+        - synergy: `CE(y^0, y) + KL(uniform || softmax(y^j))` (it predicts with every modality and
+          not without one).
+
+        The paper's losses only ask how the outputs move under perturbation, which outputs unrelated to
+        the label can satisfy (the dead synergy expert of docs/i2moe.md, "Collapse"); these ask what the
+        moved outputs predict.
+        """
+        if labels.is_floating_point() or labels.dim() != 1:
+            raise ValueError(
+                "I2MoE: `i2moe.label_guidance_weight` needs single-label class indices as `labels` (an integer "
+                f"tensor of shape (batch,)), got a {labels.dtype} tensor of shape {tuple(labels.shape)}"
+            )
+        log_probs = outputs.to(torch.promote_types(outputs.dtype, torch.float32)).log_softmax(-1)  # (K, V, B, C)
+        index = labels.view(1, 1, -1, 1).expand(*log_probs.shape[:3], 1)
+        nll = -log_probs.gather(-1, index).squeeze(-1)  # (K, V, B)
+        # KL(uniform || p) = -log C - mean_c log p_c: 0 exactly when the output is uniform.
+        uninformative = -log_probs[:, 1:].mean(-1) - math.log(log_probs.shape[-1])  # (K, M, B)
+        # Uniqueness: the clean output distilled towards the one without the other modality (a detached
+        # target), KL(p^j || p^0), so that on the clean input too the expert says what its modality says.
+        probs = log_probs.exp()
+        consistency = (probs[:, 1:].detach() * (log_probs[:, 1:].detach() - log_probs[:, :1])).sum(-1)  # (K, M, B)
+        consistency = consistency * self.own_select.sum(1).view(-1, 1, 1)  # uniqueness experts only
+        terms = torch.where(self.is_synergy, nll[:, :1] + uninformative, nll[:, 1:] + consistency)  # (K, M, B)
+        return (terms * self._pair_weights(present)).sum((1, 2))
 
     def _pair_weights(self, present: torch.Tensor) -> torch.Tensor:
         """`(K, M, B)` weights of each expert's mean over (perturbed modality j, row b): a pair
