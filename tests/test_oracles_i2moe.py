@@ -210,6 +210,15 @@ def test_label_guidance_needs_single_label_classification():
         interaction.label_guidance_terms(outputs, present, torch.zeros(2, 3))
 
 
+@pytest.mark.parametrize("labels, message", [([0, 1, 3, 0], r"labels: class indices must lie in \[0, 2\]"),
+                                             ([0, 1, 2], "labels: expected 4 rows")])
+def test_bad_labels_are_named_before_the_label_guided_losses_read_them(labels, message):
+    config = make_config("concat", method="i2moe", num_labels=3, i2moe={"label_guidance_weight": 1.0})
+    model = I2MoEForClassification(config).train()
+    with pytest.raises(ValueError, match=message):
+        model(**make_inputs(config), labels=torch.tensor(labels))
+
+
 def test_triplet_margin_and_distances_by_hand():
     """One row, two-class outputs whose distances are 3-4-5 triangles: numbers checkable on paper."""
     interaction, _ = interaction_and_config(num_labels=2)

@@ -146,9 +146,11 @@ def check_modality_names(modality_names, expected: list[str]) -> None:
         )
 
 
-def check_labels(labels: torch.Tensor, logits: torch.Tensor, problem_type: str, num_labels: int) -> None:
-    if labels.shape[0] != logits.shape[0]:
-        raise ValueError(f"labels: expected {logits.shape[0]} rows (the batch size), got shape {tuple(labels.shape)}")
+def check_labels(labels: torch.Tensor, logits_shape: tuple[int, int], problem_type: str) -> None:
+    """`labels` against the `(batch_size, num_labels)` logits they are the targets of."""
+    batch_size, num_labels = logits_shape
+    if labels.shape[0] != batch_size:
+        raise ValueError(f"labels: expected {batch_size} rows (the batch size), got shape {tuple(labels.shape)}")
     if problem_type == "single_label_classification":
         if labels.dim() != 1 or labels.is_floating_point():
             raise ValueError(
@@ -161,9 +163,9 @@ def check_labels(labels: torch.Tensor, logits: torch.Tensor, problem_type: str, 
                 f"from {labels.min().item()} to {labels.max().item()}"
             )
     elif problem_type == "multi_label_classification":
-        if labels.shape != logits.shape:
+        if tuple(labels.shape) != tuple(logits_shape):
             raise ValueError(
-                f"labels: multi-label classification expects multi-hot labels of shape {tuple(logits.shape)}, "
+                f"labels: multi-label classification expects multi-hot labels of shape {tuple(logits_shape)}, "
                 f"got {tuple(labels.shape)}"
             )
         _check_finite_labels(labels)
@@ -173,7 +175,7 @@ def check_labels(labels: torch.Tensor, logits: torch.Tensor, problem_type: str, 
                 f"{labels.min().item()} to {labels.max().item()}"
             )
     else:
-        if labels.numel() != logits.numel():
+        if labels.numel() != batch_size * num_labels:
             raise ValueError(
                 f"labels: regression with num_labels={num_labels} expects {num_labels} target(s) per row, got shape "
                 f"{tuple(labels.shape)}"

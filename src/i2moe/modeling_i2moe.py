@@ -438,6 +438,8 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         if labels is not None:
             labels = as_tensor_input("labels", labels).to(present.device)
         problem_type = self._problem_type(labels)
+        if labels is not None:  # before the interaction part's own losses read them
+            check_labels(labels, (present.shape[0], self.config.num_labels), problem_type)
         noise = self._training_noise(sample_ids, present.shape[0])
         if self.training:
             present = self._drop_modalities(present, noise)
@@ -445,7 +447,7 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
         result = self._predict(tokens, unimodal_tokens, present, labels, problem_type, noise)
         loss = None
         if labels is not None:
-            loss = self.task_loss(result.logits, labels)
+            loss = self._task_loss(result.logits, labels, problem_type)
             if result.interaction_loss is not None:
                 loss = loss + result.interaction_loss
         output = I2MoEOutput(loss=loss, **result)
@@ -598,7 +600,11 @@ class I2MoEForClassification(I2MoEPreTrainedModel):
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss of `logits` for `config.problem_type` (see `_problem_type`)."""
         problem_type = self._problem_type(labels)
-        check_labels(labels, logits, problem_type, self.config.num_labels)
+        check_labels(labels, tuple(logits.shape), problem_type)
+        return self._task_loss(logits, labels, problem_type)
+
+    @staticmethod
+    def _task_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> torch.Tensor:
         if problem_type == "single_label_classification":
             return F.cross_entropy(logits.float(), labels)
         if problem_type == "multi_label_classification":
