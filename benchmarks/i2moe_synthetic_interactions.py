@@ -13,6 +13,8 @@ configuration (about 2 s per run on one CPU core):
     python benchmarks/i2moe_synthetic_interactions.py --seeds 0 1 2 --perturbations mean --lambdas 0.5
     python benchmarks/i2moe_synthetic_interactions.py --lambdas 0.5 --guidance 1 3 \
         --output i2moe_synthetic_guided.json          # with the label-guided interaction losses
+    python benchmarks/i2moe_synthetic_interactions.py --tasks synergy --perturbations noise --lambdas 0.5 \
+        --guidance 3 --lr 1e-2 --output i2moe_synthetic_guided_lr1e-2.json
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ EXPECTED = {"uniqueness": "uniqueness_a", "synergy": "synergy"}
 STEPS = {"uniqueness": (100, 1e-2), "synergy": (300, 3e-3)}  # (steps, Adam lr): each task is learned by then
 
 
-def run(task: str, perturbation: str, lambda_int: float, guidance: float, seed: int) -> dict:
-    steps, lr = STEPS[task]
+def run(task: str, perturbation: str, lambda_int: float, guidance: float, seed: int, lr: float | None = None) -> dict:
+    steps, task_lr = STEPS[task]
+    lr = task_lr if lr is None else lr
     model = train_synthetic(task, steps=steps, lr=lr, seed=seed,
                             i2moe={"perturbation": perturbation, "lambda_int": lambda_int,
                                    "reweight_dropout": 0.0, "label_guidance_weight": guidance})
@@ -66,6 +69,7 @@ def main() -> None:
     parser.add_argument("--guidance", nargs="+", type=float, default=[0.0],
                         help="values of `i2moe.label_guidance_weight` (0: the paper's objective)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--lr", type=float, default=None, help="Adam's learning rate for every task (default: per task)")
     parser.add_argument("--output", default="i2moe_synthetic_interactions.json", help="file name under results/")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny matrices: threads only add overhead
@@ -73,7 +77,7 @@ def main() -> None:
     rows = []
     for task, perturbation, lambda_int, guidance in itertools.product(args.tasks, args.perturbations, args.lambdas,
                                                                       args.guidance):
-        group = [run(task, perturbation, lambda_int, guidance, seed) for seed in args.seeds]
+        group = [run(task, perturbation, lambda_int, guidance, seed, args.lr) for seed in args.seeds]
         rows += group
         wins = sum(row["dominant_type"] == EXPECTED[task] for row in group)
         best_alone = np.mean([max(row["component_accuracy"].values()) for row in group])

@@ -74,7 +74,8 @@ I2MOE_SETTINGS = {"i2moe": {"i2moe_expert_loss_weight": 0.0}, "i2moe_xl": {"i2mo
                   "i2moe_normuni": {"i2moe": {"expert_loss_weight": 0.0, "uniqueness_distance": "normalized"}},
                   # the label-guided interaction losses beside the paper's (weight 3: the synthetic XOR's
                   # synergy expert carries the weight from 3 on, docs/i2moe.md)
-                  "i2moe_guided": {"i2moe": {"expert_loss_weight": 0.0, "label_guidance_weight": 3.0}}}
+                  "i2moe_guided": {"i2moe": {"expert_loss_weight": 0.0, "label_guidance_weight": 3.0}},
+                  "i2moe_guided1": {"i2moe": {"expert_loss_weight": 0.0, "label_guidance_weight": 1.0}}}
 PLANTED_EPOCHS, PLANTED_LR, BATCH, DROPOUT = 30, 1e-3, 64, 0.3
 PLANTED_SIZES = (4000, 1000, 2000)
 # `ensemble` also writes the `image`, `audio` and `intra` rows (from the same two unimodal models).
@@ -627,7 +628,8 @@ ACCEPTANCE = [
     ("avmnist", "i2moe_guided_transformer", ("vanilla_transformer",)),
     *(("fashion", method, ("image", "text")) for method in ("vanilla", "i2moe", "i2m2", "dmil", "dmil_fast2", "dmil_wide",
                                                             "dmil_lowkl", "dmil_fused", "dmil_mean", "i2moe_warm", "i2m2_staged",
-                                                            "i2m2_product", "i2moe_normuni", "i2moe_guided")),
+                                                            "i2m2_product", "i2moe_normuni", "i2moe_guided",
+                                                            "i2moe_guided1")),
 ]
 
 

@@ -269,6 +269,30 @@ def test_normalized_uniqueness_attribution_sentence():
                   f"`uniqueness_b` {auroc('i2moe_normuni', 'uniqueness_b')} ({auroc('i2moe', 'uniqueness_b')})")
 
 
+def test_label_guidance_attribution_sentence():
+    """docs/i2moe.md's planted comparison of the paper's losses and the label-guided ones, from their runs."""
+    rows = results("attribution_planted_guided.json")["rows"]
+
+    def named(method: str) -> int:
+        return sum(row["weights_dominant"] == row["kind"] for row in rows if row["method"] == method and row["kind"] != "mixture")
+
+    def ranges(method: str) -> str:
+        cells = []
+        for kind in ("uniqueness_a", "uniqueness_b", "redundancy", "synergy"):
+            values = [row["weights_auroc"][kind] for row in rows if row["method"] == method and row["kind"] == "mixture"]
+            low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+            cells.append(low if low == high else f"{low}-{high}")
+        return " / ".join(cells)
+
+    synergy = [row["weights_mean"]["synergy"] for row in rows if row["kind"] == "synergy" and row["method"] == "i2moe"]
+    assert all(row["weights_mean"]["synergy"] == 1.0 for row in rows if row["kind"] == "synergy" and row["method"] == "i2moe_guided")
+    assert_quoted("docs/interpretation.md", f"on {named('i2moe_guided')} of 16 single-type datasets (the paper's losses: "
+                                            f"{named('i2moe')} of 16)", f"AUROC is {ranges('i2moe_guided')} for U_a")
+    assert_quoted("docs/i2moe.md", f"{named('i2moe_guided')} of 16 single-type datasets (the paper's losses: {named('i2moe')} of 16)",
+                  f"with weight 1.00 (the paper's: ≤ {max(synergy):.2f})",
+                  f"is {ranges('i2moe_guided')} (the paper's losses: {ranges('i2moe')};")
+
+
 # --- issue 14's results suite ---
 
 
@@ -299,6 +323,7 @@ def test_readme_quotes_the_suites_medians():
         "README.md",
         f"vanilla LF {avmnist('vanilla_lf')}, I2MoE LF {avmnist('i2moe_lf')}",
         f"`i2moe.uniqueness_distance=\"normalized\"` {avmnist('i2moe_normuni_lf')}, 5 of 8",
+        f"with the label-guided interaction losses {avmnist('i2moe_guided_lf')}, 4 of 8",
         f"vanilla LRTF {avmnist('vanilla_lrtf')}, I2MoE LRTF {avmnist('i2moe_lrtf')}",
         f"vanilla transformer {avmnist('vanilla_transformer')}, I2MoE transformer {avmnist('i2moe_transformer')}",
         f"DMIL (its defaults) {avmnist('dmil_fused')} (above joint and ensemble",
@@ -307,5 +332,6 @@ def test_readme_quotes_the_suites_medians():
         f"intra {avmnist('intra')}; ensemble {avmnist('ensemble')}",
         f"image alone {fashion('image')}, text alone {fashion('text')}, vanilla {fashion('vanilla')}, "
         f"I2MoE {fashion('i2moe')}, **I2M2 {fashion('i2m2')}**",
+        f"(`i2moe.label_guidance_weight=3`) {fashion('i2moe_guided')}** (10 of 10",
         f"DMIL (its defaults) {fashion('dmil_fused')} (9 of 10; with the paper's stage-3 weights {fashion('dmil')}, 4 of 10)",
     )

@@ -258,13 +258,13 @@ def test_torch_compile_smoke():
 
 def test_save_and_load_round_trip(tmp_path):
     config = make_config("lrtf", method="i2moe", i2moe_perturbation="null", i2moe_temperature=2.0,
-                         i2moe={"uniqueness_distance": "normalized"})
+                         i2moe={"uniqueness_distance": "normalized", "label_guidance_weight": 0.5})
     model = I2MoEForClassification(config).eval()
     model.save_pretrained(tmp_path)
     assert (tmp_path / "experts_i2moe.py").exists()  # remote code travels with the model
     loaded = I2MoEForClassification.from_pretrained(tmp_path).eval()
     assert loaded.config.i2moe.perturbation == "null" and loaded.config.i2moe.temperature == 2.0
-    assert loaded.config.i2moe.uniqueness_distance == "normalized"
+    assert loaded.config.i2moe.uniqueness_distance == "normalized" and loaded.config.i2moe.label_guidance_weight == 0.5
     inputs = {**make_inputs(config), "labels": torch.tensor([0, 1, 2, 0])}
     torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
     # The loss's constant routing (which distance each term reads) is rebuilt on loading, not stored.
@@ -272,6 +272,7 @@ def test_save_and_load_round_trip(tmp_path):
     for copy in (model, loaded):
         torch.manual_seed(3)  # the reweighting dropout
         terms.append(copy.train()(**inputs).loss_terms)
+    assert "label_guidance" in terms[1]
     for name, value in terms[0].items():
         torch.testing.assert_close(terms[1][name], value, msg=name)
 

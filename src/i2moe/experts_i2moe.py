@@ -356,7 +356,9 @@ class I2MoEInteraction(nn.Module):
         `(K, V, B, C)` outputs as `interaction_loss_terms`, over the same (perturbed modality j, row b)
         pairs:
 
-        - uniqueness expert i, j != i: `CE(y_i^j, y)` (it still predicts when another modality is gone);
+        - uniqueness expert i, j != i: `CE(y_i^j, y) + KL(p_i^j || p_i^0)` (it still predicts when another
+          modality is gone, and its clean output is pulled to that prediction, the target detached, so
+          that on the clean input too it says what its own modality says);
         - redundancy: `CE(y^j, y)` (it predicts from what is left when any one modality is gone);
         - synergy: `CE(y^0, y) + KL(uniform || softmax(y^j))` (it predicts with every modality and
           not without one).
@@ -375,10 +377,8 @@ class I2MoEInteraction(nn.Module):
         nll = -log_probs.gather(-1, index).squeeze(-1)  # (K, V, B)
         # KL(uniform || p) = -log C - mean_c log p_c: 0 exactly when the output is uniform.
         uninformative = -log_probs[:, 1:].mean(-1) - math.log(log_probs.shape[-1])  # (K, M, B)
-        # Uniqueness: the clean output distilled towards the one without the other modality (a detached
-        # target), KL(p^j || p^0), so that on the clean input too the expert says what its modality says.
-        probs = log_probs.exp()
-        consistency = (probs[:, 1:].detach() * (log_probs[:, 1:].detach() - log_probs[:, :1])).sum(-1)  # (K, M, B)
+        target = log_probs[:, 1:].detach()
+        consistency = (target.exp() * (target - log_probs[:, :1])).sum(-1)  # KL(p^j || p^0), (K, M, B)
         consistency = consistency * self.own_select.sum(1).view(-1, 1, 1)  # uniqueness experts only
         terms = torch.where(self.is_synergy, nll[:, :1] + uninformative, nll[:, 1:] + consistency)  # (K, M, B)
         return (terms * self._pair_weights(present)).sum((1, 2))
