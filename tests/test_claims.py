@@ -296,6 +296,47 @@ def test_label_guidance_attribution_sentence():
 # --- issue 14's results suite ---
 
 
+def test_label_guidance_results_sentences():
+    """docs/results.md's and docs/i2moe.md's figures for the label-guided rows, from the committed result lines:
+    medians, "k of n" counts and paired mean gaps ± their standard error."""
+    rows = [json.loads(line) for line in (ROOT / "benchmarks" / "results" / "methods_suite.jsonl").read_text().splitlines()]
+    avmnist = "10000rows-15ep-adamw0.001-bs64-audiopool2"
+    demo, linear = "all-rows-20ep-adamw0.002-bs128-towercalls16-demo", "all-rows-20ep-adamw0.002-bs128-towercalls16"
+
+    def by_seed(suite: str, budget: str, method: str) -> dict:
+        return {row["seed"]: row["test_accuracy"] for row in rows
+                if (row["suite"], row["budget"], row["method"]) == (suite, budget, method)}
+
+    def paired(method: str, baseline: str) -> str:
+        ours, theirs = by_seed("avmnist", avmnist, method), by_seed("avmnist", avmnist, baseline)
+        gaps = [100 * (ours[seed] - theirs[seed]) for seed in sorted(ours)]
+        error = statistics.stdev(gaps) / len(gaps) ** 0.5
+        return (f"{statistics.mean(gaps):+.2f} ± {error:.2f}".replace("-", "−"),  # the docs' minus sign
+                f"{sum(gap >= 0 for gap in gaps)} of {len(gaps)}")
+
+    def fashion(budget: str, method: str) -> str:
+        ours, image, text = (by_seed("fashion", budget, name) for name in (method, "image", "text"))
+        met = sum(ours[seed] >= max(image[seed], text[seed]) for seed in ours)
+        return f"{100 * statistics.median(ours.values()):.2f}", f"{met} of {len(ours)}"
+
+    lf, lf_paper = paired("i2moe_guided_lf", "vanilla_lf"), paired("i2moe_guided_lf", "i2moe_lf")
+    lf_sentence = f"LF {lf[0]} ({lf[1]}; {lf_paper[0]} above the paper's losses, {lf_paper[1]})"
+    for fusion, name in (("transformer", "transformer"), ("lrtf", "LRTF")):
+        gap, gap_paper = paired(f"i2moe_guided_{fusion}", f"vanilla_{fusion}"), paired(f"i2moe_guided_{fusion}", f"i2moe_{fusion}")
+        sentence = f"{name} {gap[0]} ({gap[1]}; {gap_paper[0]} above the paper's losses, {gap_paper[1]})"
+        assert_quoted("docs/results.md", sentence)
+        assert_quoted("docs/i2moe.md", f"{name} experts {gap[0]} from {name} fusion ({gap[1]}; {gap_paper[0]} above the "
+                                       f"paper's losses, {gap_paper[1]})")
+    (median_demo, met_demo), (median_linear, met_linear) = fashion(demo, "i2moe_guided"), fashion(linear, "i2moe_guided")
+    median_one, met_one = fashion(demo, "i2moe_guided1")
+    assert_quoted("docs/results.md", lf_sentence,
+                  f"{median_demo} (`i2moe_guided`, {met_demo}", f"{median_linear} and {met_linear} with `linear-best`",
+                  f"`i2moe_guided1`: {median_one}, {met_one})")
+    assert_quoted("docs/i2moe.md", f"{met_demo} seeds (median {median_demo}", f"recipe {met_linear} (median {median_linear}",
+                  f"LF {lf[0]} points from LF fusion (at or above it on {lf[1]}; {lf_paper[0]} above the paper's losses, "
+                  f"{lf_paper[1]})")
+
+
 def test_results_tables_are_the_suites_output(tmp_path, monkeypatch):
     """docs/results.md's generated tables are what its own `--write_docs` command makes of the committed
     result lines: a result line added or changed without regenerating the page fails here."""
