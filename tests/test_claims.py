@@ -337,6 +337,24 @@ def test_label_guidance_results_sentences():
                   f"{lf_paper[1]})")
 
 
+def test_label_guidance_expert_ranges():
+    """docs/i2moe.md's ranges of the label-guided experts' own accuracies and weights on AV-MNIST LF."""
+    rows = [json.loads(line) for line in (ROOT / "benchmarks" / "results" / "methods_suite.jsonl").read_text().splitlines()]
+    guided = [row for row in rows if row["method"] == "i2moe_guided_lf"
+              and row["budget"] == "10000rows-15ep-adamw0.001-bs64-audiopool2"]
+
+    def percent_range(key: str, component: str) -> str:
+        values = [row[key][component] for row in guided]
+        return f"{100 * min(values):.0f}-{100 * max(values):.0f}"
+
+    weights = [row["mean_weight"]["redundancy"] for row in guided]
+    assert len(guided) == 8
+    assert_quoted("docs/i2moe.md", f"(image {percent_range('component_accuracy', 'uniqueness_image')}% alone, "
+                                   f"audio {percent_range('component_accuracy', 'uniqueness_audio')}%",
+                  f"full classifier ({percent_range('component_accuracy', 'synergy')}% alone, every seed)",
+                  f"puts {min(weights):.2f}-{max(weights):.2f} of the weight on redundancy")
+
+
 def test_results_tables_are_the_suites_output(tmp_path, monkeypatch):
     """docs/results.md's generated tables are what its own `--write_docs` command makes of the committed
     result lines: a result line added or changed without regenerating the page fails here."""

@@ -296,8 +296,8 @@ class I2MoEExpertsConfig(_Settings):
             (docs/i2moe.md, "Collapse").
         label_guidance_weight (`float`): weight of the label-guided interaction losses, added to the
             paper's output-only ones; 0 (the paper). Each expert's task loss on the perturbed variants its
-            interaction says must still predict (uniqueness expert i: another modality perturbed;
-            redundancy: any one modality perturbed), and for synergy the task loss on the clean input
+            interaction says must still predict (uniqueness expert i: another modality perturbed, its
+            clean output pulled to that prediction; redundancy: any one modality perturbed), and for synergy the task loss on the clean input
             plus `KL(uniform || p)` of each perturbed variant (it must predict with every modality and
             not without one). Single-label classification only (docs/i2moe.md, "Label-guided
             interaction losses").
