@@ -298,8 +298,7 @@ def _synthetic_summary(task, steps, lr, perturbation, seed=0, **i2moe):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only add overhead (and the suite runs in parallel)
     try:
-        model = train_synthetic(task, steps=steps, lr=lr, seed=seed, i2moe_perturbation=perturbation,
-                                **({"i2moe": {"perturbation": perturbation, **i2moe}} if i2moe else {}))
+        model = train_synthetic(task, steps=steps, lr=lr, seed=seed, i2moe={"perturbation": perturbation, **i2moe})
         return interpret_synthetic(model, task).summary()
     finally:
         torch.set_num_threads(threads)
@@ -320,7 +319,7 @@ def test_label_from_one_modality_favours_its_uniqueness_expert():
     assert summary["component_accuracy"]["uniqueness_a"] > 0.9  # it predicts by itself, not by routing
 
 
-def test_label_guidance_trains_the_synergy_expert_to_learn_xor_and_keeps_uniqueness_unimodal():
+def test_label_guidance_makes_the_synergy_expert_learn_xor_alone():
     """`label_guidance_weight` (docs/i2moe.md, "Label-guided interaction losses"): on XOR the synergy
     expert learns the label by itself (with the paper's losses alone no expert does, the test below;
     5 of 5 seeds with this recipe, where a uniqueness expert still reaches 0.74 on 2 of them); on the
