@@ -349,6 +349,19 @@ def test_label_guidance_expert_ranges():
 
     weights = [row["mean_weight"]["redundancy"] for row in guided]
     assert len(guided) == 8
+    others = [row for row in rows if row["method"] in ("i2moe_guided_transformer", "i2moe_guided_lrtf")
+              and row["budget"] == "10000rows-15ep-adamw0.001-bs64-audiopool2"]
+    assert len(others) == 16
+
+    def others_range(component: str) -> str:
+        values = [row["component_accuracy"][component] for row in others]
+        return f"{100 * min(values):.0f}-{100 * max(values):.0f}%"
+
+    unimodal = [row["component_accuracy"][name] for row in others for name in ("uniqueness_image", "uniqueness_audio")]
+    synergy_weights = [row["mean_weight"]["synergy"] for row in others]
+    assert_quoted("docs/i2moe.md", f"it puts {min(synergy_weights):.2f}-{max(synergy_weights):.2f} on synergy instead",
+                  f"({100 * min(unimodal):.0f}-{100 * max(unimodal):.0f}% alone)",
+                  f"(the redundancy expert {others_range('redundancy')} alone, synergy {others_range('synergy')})")
     assert_quoted("docs/i2moe.md", f"(image {percent_range('component_accuracy', 'uniqueness_image')}% alone, "
                                    f"audio {percent_range('component_accuracy', 'uniqueness_audio')}%",
                   f"full classifier ({percent_range('component_accuracy', 'synergy')}% alone, every seed)",
@@ -383,6 +396,7 @@ def test_readme_quotes_the_suites_medians():
         f"vanilla LF {avmnist('vanilla_lf')}, I2MoE LF {avmnist('i2moe_lf')}",
         f"`i2moe.uniqueness_distance=\"normalized\"` {avmnist('i2moe_normuni_lf')}, 5 of 8",
         f"with the label-guided interaction losses {avmnist('i2moe_guided_lf')}, 4 of 8",
+        f"I2MoE LRTF {avmnist('i2moe_lrtf')} (4 of 8; with the label-guided losses {avmnist('i2moe_guided_lrtf')}, 7 of 8)",
         f"vanilla LRTF {avmnist('vanilla_lrtf')}, I2MoE LRTF {avmnist('i2moe_lrtf')}",
         f"vanilla transformer {avmnist('vanilla_transformer')}, I2MoE transformer {avmnist('i2moe_transformer')}",
         f"DMIL (its defaults) {avmnist('dmil_fused')} (above joint and ensemble",
