@@ -72,8 +72,8 @@ I2MOE_SETTINGS = {"i2moe": {"i2moe_expert_loss_weight": 0.0}, "i2moe_xl": {"i2mo
                   # the uniqueness triplet on unit-normalised logits (scale-free: the raw-logit margin was met by
                   # bimodal "uniqueness" experts on AV-MNIST seeds 5-7)
                   "i2moe_normuni": {"i2moe": {"expert_loss_weight": 0.0, "uniqueness_distance": "normalized"}},
-                  # the label-guided interaction losses beside the paper's (weight 3: the synthetic XOR's
-                  # synergy expert carries the weight from 3 on, docs/i2moe.md)
+                  # the label-guided interaction losses beside the paper's: weight 3, chosen on the synthetic XOR
+                  # (docs/i2moe.md); `i2moe_guided1` checks the choice on fashion
                   "i2moe_guided": {"i2moe": {"expert_loss_weight": 0.0, "label_guidance_weight": 3.0}},
                   "i2moe_guided1": {"i2moe": {"expert_loss_weight": 0.0, "label_guidance_weight": 1.0}}}
 PLANTED_EPOCHS, PLANTED_LR, BATCH, DROPOUT = 30, 1e-3, 64, 0.3

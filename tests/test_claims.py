@@ -286,6 +286,8 @@ def test_label_guidance_attribution_sentence():
 
     synergy = [row["weights_mean"]["synergy"] for row in rows if row["kind"] == "synergy" and row["method"] == "i2moe"]
     assert all(row["weights_mean"]["synergy"] == 1.0 for row in rows if row["kind"] == "synergy" and row["method"] == "i2moe_guided")
+    assert_quoted("README.md", f"name it on {named('i2moe_guided')} of 16 single-type planted datasets",
+                  f"the paper's losses: {named('i2moe')} of 16)")
     assert_quoted("docs/interpretation.md", f"on {named('i2moe_guided')} of 16 single-type datasets (the paper's losses: "
                                             f"{named('i2moe')} of 16)", f"AUROC is {ranges('i2moe_guided')} for U_a")
     assert_quoted("docs/i2moe.md", f"{named('i2moe_guided')} of 16 single-type datasets (the paper's losses: {named('i2moe')} of 16)",
