@@ -45,7 +45,8 @@ METHODS = {"vanilla": ("vanilla", {}), "i2moe": ("i2moe", {}), "dmil": ("dmil", 
            # the uniqueness triplet on unit-normalised logits (`docs/i2moe.md`, "Collapse")
            "i2moe_normuni": ("i2moe", {"i2moe": {"uniqueness_distance": "normalized"}}),
            # the label-guided interaction losses (`docs/i2moe.md`, "Label-guided interaction losses")
-           "i2moe_guided": ("i2moe", {"i2moe": {"label_guidance_weight": 3.0}})}
+           "i2moe_guided": ("i2moe", {"i2moe": {"label_guidance_weight": 3.0}}),
+           "i2moe_guided1": ("i2moe", {"i2moe": {"label_guidance_weight": 1.0}})}
 
 
 def run(method: str, kind: str, num_modalities: int, seed: int, size: int) -> dict:

@@ -276,7 +276,7 @@ def test_label_guidance_attribution_sentence():
     def named(method: str) -> int:
         return sum(row["weights_dominant"] == row["kind"] for row in rows if row["method"] == method and row["kind"] != "mixture")
 
-    def ranges(method: str) -> str:
+    def ranges(method: str, rows=rows) -> str:
         cells = []
         for kind in ("uniqueness_a", "uniqueness_b", "redundancy", "synergy"):
             values = [row["weights_auroc"][kind] for row in rows if row["method"] == method and row["kind"] == "mixture"]
@@ -284,6 +284,10 @@ def test_label_guidance_attribution_sentence():
             cells.append(low if low == high else f"{low}-{high}")
         return " / ".join(cells)
 
+    weight_one = results("attribution_planted_guided1.json")["rows"]
+    named_one = sum(row["weights_dominant"] == row["kind"] for row in weight_one if row["kind"] != "mixture")
+    assert_quoted("docs/i2moe.md", f"same seeds) the weights name it on {named_one} of 16, the mixture's "
+                                   f"AUROC is {ranges('i2moe_guided1', weight_one)} and")
     synergy = [row["weights_mean"]["synergy"] for row in rows if row["kind"] == "synergy" and row["method"] == "i2moe"]
     assert all(row["weights_mean"]["synergy"] == 1.0 for row in rows if row["kind"] == "synergy" and row["method"] == "i2moe_guided")
     assert_quoted("README.md", f"name it on {named('i2moe_guided')} of 16 single-type planted datasets",
