@@ -327,6 +327,10 @@ def test_label_guidance_results_sentences():
 
     lf, lf_paper = paired("i2moe_guided_lf", "vanilla_lf"), paired("i2moe_guided_lf", "i2moe_lf")
     lf_sentence = f"LF {lf[0]} ({lf[1]}; {lf_paper[0]} above the paper's losses, {lf_paper[1]})"
+    one, one_paper = paired("i2moe_guided1_lf", "vanilla_lf"), paired("i2moe_guided1_lf", "i2moe_lf")
+    assert_quoted("docs/results.md", f"LF with weight 1 {one[0]} ({one[1]}; {one_paper[0]} above the paper's losses, {one_paper[1]})")
+    assert_quoted("docs/i2moe.md", f"LF with weight 1 instead of 3 {one[0]} from LF fusion ({one[1]}; {one_paper[0]} above "
+                                   f"the paper's losses, {one_paper[1]})")
     for fusion, name in (("transformer", "transformer"), ("lrtf", "LRTF")):
         gap, gap_paper = paired(f"i2moe_guided_{fusion}", f"vanilla_{fusion}"), paired(f"i2moe_guided_{fusion}", f"i2moe_{fusion}")
         sentence = f"{name} {gap[0]} ({gap[1]}; {gap_paper[0]} above the paper's losses, {gap_paper[1]})"
