@@ -273,7 +273,7 @@ def test_label_guidance_attribution_sentence():
     """docs/i2moe.md's planted comparison of the paper's losses and the label-guided ones, from their runs."""
     rows = results("attribution_planted_guided.json")["rows"]
 
-    def named(method: str) -> int:
+    def named(method: str, rows=rows) -> int:
         return sum(row["weights_dominant"] == row["kind"] for row in rows if row["method"] == method and row["kind"] != "mixture")
 
     def ranges(method: str, rows=rows) -> str:
@@ -285,8 +285,7 @@ def test_label_guidance_attribution_sentence():
         return " / ".join(cells)
 
     weight_one = results("attribution_planted_guided1.json")["rows"]
-    named_one = sum(row["weights_dominant"] == row["kind"] for row in weight_one if row["kind"] != "mixture")
-    assert_quoted("docs/i2moe.md", f"same seeds) the weights name it on {named_one} of 16, the mixture's "
+    assert_quoted("docs/i2moe.md", f"same seeds) the weights name it on {named('i2moe_guided1', weight_one)} of 16, the mixture's "
                                    f"AUROC is {ranges('i2moe_guided1', weight_one)} and")
     synergy = [row["weights_mean"]["synergy"] for row in rows if row["kind"] == "synergy" and row["method"] == "i2moe"]
     assert all(row["weights_mean"]["synergy"] == 1.0 for row in rows if row["kind"] == "synergy" and row["method"] == "i2moe_guided")
