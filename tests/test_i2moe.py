@@ -334,7 +334,7 @@ def test_label_guidance_makes_the_synergy_expert_learn_xor_alone():
 
 
 def test_xor_label_is_learned_by_routing_not_by_the_synergy_expert():
-    """What the method as specified does on XOR (14 of 15 runs at λ_int 0.5 in
+    """What the method as specified does on XOR (13 of 15 runs learn it at λ_int 0.5 in
     `benchmarks/i2moe_synthetic_interactions.py`; docs/i2moe.md, "What the weights mean"): the model
     learns it, no expert does on its own, and the reweighting model sends each sign quadrant to a
     different expert with a near-one weight. So the synergy weight is not the largest; if a change
