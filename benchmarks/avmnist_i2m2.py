@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from i2moe import I2MoEConfig, I2MoEForClassification, I2MoELeNetConfig
+from i2moe.configuration_i2moe import I2MOE_PAPER_OBJECTIVE
 from i2moe.datasets_avmnist import AVMNISTRecipe, load_avmnist
 
 
@@ -81,6 +82,8 @@ def model_config(modalities: tuple[str, ...], width: int, **overrides) -> I2MoEC
     settings = dict(hidden_size=64, fusion="concat", fusion_hidden_size=100, lrtf_rank=40, lrtf_output_size=120,
                     dropout=0.0, num_labels=10, problem_type="single_label_classification")
     settings.update(overrides)
+    if settings.get("method") == "i2moe":  # the rows of these benchmarks train the paper's I2MoE objective
+        settings["i2moe"] = {**I2MOE_PAPER_OBJECTIVE, **(settings.get("i2moe") or {})}
     return I2MoEConfig(
         modalities=[{"name": name, "tower": I2MoELeNetConfig(base_channels=width, num_additional_layers=TOWER_LAYERS[name])}
                     for name in modalities],

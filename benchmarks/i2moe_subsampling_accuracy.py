@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from i2moe import I2MoEForClassification
+from i2moe.configuration_i2moe import I2MOE_PAPER_OBJECTIVE
 from i2moe.synthetic import interpret_synthetic, train_synthetic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,7 +38,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def synthetic_accuracy(task: str, fraction: float, seed: int) -> float:
     steps, lr = STEPS[task]
-    model = train_synthetic(task, steps=steps, lr=lr, seed=seed, i2moe={"perturbation_fraction": fraction})
+    model = train_synthetic(task, steps=steps, lr=lr, seed=seed,
+                            i2moe={**I2MOE_PAPER_OBJECTIVE, "perturbation_fraction": fraction})
     return interpret_synthetic(model, task).summary()["accuracy"]
 
 

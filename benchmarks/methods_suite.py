@@ -5,7 +5,8 @@ Rows (`--suite`):
   (uniqueness of each modality, redundancy, pairwise synergy, and for 3 the synergy of all three),
   4,000 training / 1,000 validation / 2,000 test samples, modality dropout 0.3; methods `vanilla`
   (concat fusion), `i2moe` (concat experts, the paper's objective), `i2moe_xl` (the same with each
-  expert's own task loss, `i2moe_expert_loss_weight=1`), `i2m2` (vanilla + I2M2 unimodal heads, trained jointly
+  expert's own task loss, `i2moe.expert_loss_weight=1`), `i2moe_guided` (with the label-guided
+  interaction losses at weight 3: the package's default objective), `i2m2` (vanilla + I2M2 unimodal heads, trained jointly
   from scratch), `dmil` (the three stages of `DEFAULT_DMIL_STAGES`). 30 epochs for every method
   (DMIL: 10 / 5 / 15 over its stages), AdamW, the best validation epoch kept.
 - `avmnist`: AV-MNIST (`i2moe.datasets_avmnist`, data seed 0), LeNet towers (image 3 extra blocks,
@@ -48,34 +49,38 @@ from planted import (append_row, evaluate, finished_keys, median, planted_config
                      read_rows, train_dmil, train_epochs)
 
 from i2moe import I2MoEConfig, I2MoEForClassification, I2MoELeNetConfig
-from i2moe.configuration_i2moe import DMIL_PAPER_STAGE3_WEIGHTS
+from i2moe.configuration_i2moe import DMIL_PAPER_STAGE3_WEIGHTS, I2MOE_PAPER_OBJECTIVE
 from i2moe.dmil_training import DEFAULT_DMIL_STAGES
 
 
 RESULTS = Path(__file__).resolve().parent / "results" / "methods_suite.jsonl"
 KEY_FIELDS = ("suite", "kind", "method", "seed", "budget")
 PLANTED_METHODS = ("vanilla", "i2moe", "i2moe_xl", "i2m2", "dmil")
-# I2MoE with the paper's objective (no expert task loss) and with each expert's own task loss
-# (weight 1, issue 14): pinned here, so a row means the same whatever the package default.
-I2MOE_SETTINGS = {"i2moe": {"i2moe_expert_loss_weight": 0.0}, "i2moe_xl": {"i2moe_expert_loss_weight": 1.0},
+# I2MoE with the paper's objective (no expert task loss, no label-guided losses) and its variants, each
+# pinned here, so a row means the same whatever the package default (since format version 3 the
+# default is `i2moe_guided`'s).
+PAPER = {"expert_loss_weight": 0.0, **I2MOE_PAPER_OBJECTIVE}
+I2MOE_SETTINGS = {"i2moe": {"i2moe": PAPER},
+                  # each expert's own task loss (weight 1, issue 14)
+                  "i2moe_xl": {"i2moe": {**PAPER, "expert_loss_weight": 1.0}},
                   # issue 15: the perturbed passes on a quarter of each batch's rows
-                  "i2moe_sub25": {"i2moe": {"expert_loss_weight": 0.0, "perturbation_fraction": 0.25}},
+                  "i2moe_sub25": {"i2moe": {**PAPER, "perturbation_fraction": 0.25}},
                   # the reference code's default interaction-loss weight (its train scripts: 1e-2; ours 0.1)
-                  "i2moe_lambda001": {"i2moe": {"expert_loss_weight": 0.0, "lambda_int": 0.01}},
+                  "i2moe_lambda001": {"i2moe": {**PAPER, "lambda_int": 0.01}},
                   # no interaction loss: the experts and the reweighting model trained by the mixture's task
                   # loss alone (separates what the mixture adds from what the interaction losses cost)
-                  "i2moe_lambda0": {"i2moe": {"expert_loss_weight": 0.0, "lambda_int": 0.0}},
+                  "i2moe_lambda0": {"i2moe": {**PAPER, "lambda_int": 0.0}},
                   # the MoE remedies for a collapsing mixture (issue 14), at the converged AV-MNIST budget: a
                   # load-balancing term, and equal weights for the first 2 epochs (2 x 157 steps of 64 rows)
-                  "i2moe_balance": {"i2moe": {"expert_loss_weight": 0.0, "balance_weight": 0.1}},
-                  "i2moe_eqwarm": {"i2moe": {"expert_loss_weight": 0.0, "reweight_warmup_steps": 314}},
+                  "i2moe_balance": {"i2moe": {**PAPER, "balance_weight": 0.1}},
+                  "i2moe_eqwarm": {"i2moe": {**PAPER, "reweight_warmup_steps": 314}},
                   # the uniqueness triplet on unit-normalised logits (scale-free: the raw-logit margin was met by
                   # bimodal "uniqueness" experts on AV-MNIST seeds 5-7)
-                  "i2moe_normuni": {"i2moe": {"expert_loss_weight": 0.0, "uniqueness_distance": "normalized"}},
-                  # the label-guided interaction losses beside the paper's: weight 3, chosen on the synthetic XOR
-                  # (docs/i2moe.md); `i2moe_guided1` checks the choice on fashion
-                  "i2moe_guided": {"i2moe": {"expert_loss_weight": 0.0, "label_guidance_weight": 3.0}},
-                  "i2moe_guided1": {"i2moe": {"expert_loss_weight": 0.0, "label_guidance_weight": 1.0}}}
+                  "i2moe_normuni": {"i2moe": {**PAPER, "uniqueness_distance": "normalized"}},
+                  # the label-guided interaction losses beside the paper's (the package default since): weight
+                  # 3, chosen on the synthetic XOR (docs/i2moe.md); `i2moe_guided1` checks the choice
+                  "i2moe_guided": {"i2moe": {**PAPER, "label_guidance_weight": 3.0}},
+                  "i2moe_guided1": {"i2moe": {**PAPER, "label_guidance_weight": 1.0}}}
 PLANTED_EPOCHS, PLANTED_LR, BATCH, DROPOUT = 30, 1e-3, 64, 0.3
 PLANTED_SIZES = (4000, 1000, 2000)
 # `ensemble` also writes the `image`, `audio` and `intra` rows (from the same two unimodal models).
@@ -255,7 +260,7 @@ def run_avmnist(method: str, seed: int, args, data: dict) -> dict:
     if family == "i2m2":
         config = avmnist_config(("image", "audio"), "vanilla", fusion, args.audio_pool, i2m2_heads=True)
     elif family == "i2moe_i2m2":
-        config = avmnist_config(("image", "audio"), "i2moe", fusion, args.audio_pool, i2m2_heads=True)
+        config = avmnist_config(("image", "audio"), "i2moe", fusion, args.audio_pool, i2m2_heads=True, i2moe=PAPER)
     elif family in I2MOE_SETTINGS:
         config = avmnist_config(("image", "audio"), "i2moe", fusion, args.audio_pool, **I2MOE_SETTINGS[family])
     else:
@@ -324,7 +329,7 @@ def warm_i2moe(fusion_model) -> I2MoEForClassification:
     """I2MoE with the trained fusion's towers, projections and null tokens, and its fusion backbone in
     each of the K expert stacks (the reweighting model fresh): at the start every expert predicts
     what the fusion predicts, so the mixture does too, whatever its weights."""
-    config = I2MoEConfig(**{**fusion_model.config.to_dict(), "method": "i2moe"})
+    config = I2MoEConfig(**{**fusion_model.config.to_dict(), "method": "i2moe", "i2moe": PAPER})
     model = I2MoEForClassification(config)
     state = {key.replace("interaction.backbone.", "interaction.experts."): value
              for key, value in fusion_model.state_dict().items()}
@@ -339,7 +344,8 @@ def warm_i2moe(fusion_model) -> I2MoEForClassification:
 def unimodal_warm(fusion_config: I2MoEConfig, method: str, unimodal: dict[str, I2MoEForClassification]):
     """`method` on the fusion's config, each modality's encoder (tower, projection, null tokens) loaded
     from its trained one-modality model in `unimodal`, the fusion / experts / reweighting model fresh."""
-    model = I2MoEForClassification(I2MoEConfig(**{**fusion_config.to_dict(), "method": method}))
+    paper = {"i2moe": PAPER} if method == "i2moe" else {}
+    model = I2MoEForClassification(I2MoEConfig(**{**fusion_config.to_dict(), "method": method, **paper}))
     state = {key: value for name, part in unimodal.items() for key, value in part.state_dict().items()
              if key.startswith(f"encoders.{name}.")}
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -197,34 +197,32 @@ def i2moe_loss_terms(outputs: dict, present: torch.Tensor, names: list[str], mar
 
 def i2moe_label_guidance_terms(outputs: dict, present: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict:
     """The label-guided interaction losses (`i2moe.label_guidance_weight`), one expert, one pair at a
-    time, over the pairs of `i2moe_loss_terms`: uniqueness expert i on (b, j != i) the cross-entropy of
-    its output with modality j perturbed plus KL(p_i^j || p_i^0) (the clean output against the perturbed
-    one); redundancy CE(y^j); synergy CE(y^0) + KL(uniform || p^j)."""
+    time, over the pairs of `i2moe_loss_terms`, each a cross-entropy H(target, prediction): uniqueness
+    expert i on (b, j != i) H(y, p_i^j) + H(p_i^j, p_i^0) (the clean prediction against the perturbed
+    one); redundancy H(y, p^j); synergy H(y, p^0) + H(uniform, p^j)."""
     num_modalities, batch = present.shape[1], present.shape[0]
 
     def nll(logits, label):
         return -log_softmax(logits)[label]
 
-    def kl(p_logits, q_logits):
-        p = softmax(p_logits)
-        return (p * (torch.log(p) - log_softmax(q_logits))).sum()
+    def cross_entropy(target_logits, logits):
+        return -(softmax(target_logits) * log_softmax(logits)).sum()
 
-    def kl_from_uniform(logits):
-        classes = logits.shape[-1]
-        return (torch.full_like(logits, 1.0 / classes) * (math.log(1.0 / classes) - log_softmax(logits))).sum()
+    def cross_entropy_from_uniform(logits):
+        return -log_softmax(logits).mean()
 
     terms = {}
     for i in range(num_modalities):
         expert = outputs[names[i]]
         terms[names[i]] = _mean_or_zero([
-            nll(expert[j + 1, b], labels[b]) + kl(expert[j + 1, b], expert[0, b])
+            nll(expert[j + 1, b], labels[b]) + cross_entropy(expert[j + 1, b], expert[0, b])
             for j in range(num_modalities) if j != i
             for b in range(batch) if present[b, i] and present[b, j]
         ])
     pairs = [(j, b) for j in range(num_modalities) for b in range(batch) if present[b, j]]
     redundancy, synergy = outputs["redundancy"], outputs["synergy"]
     terms["redundancy"] = _mean_or_zero([nll(redundancy[j + 1, b], labels[b]) for j, b in pairs])
-    terms["synergy"] = _mean_or_zero([nll(synergy[0, b], labels[b]) + kl_from_uniform(synergy[j + 1, b])
+    terms["synergy"] = _mean_or_zero([nll(synergy[0, b], labels[b]) + cross_entropy_from_uniform(synergy[j + 1, b])
                                       for j, b in pairs])
     return terms
 

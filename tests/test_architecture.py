@@ -76,7 +76,7 @@ def test_every_registered_combination_trains_saves_and_loads(tmp_path, fusion, m
 def test_format1_checkpoint_loads_to_the_same_predictions(name):
     saved = load_file(str(FIXTURES / name / "inputs_and_outputs.safetensors"))
     model = I2MoEForClassification.from_pretrained(FIXTURES / name)
-    assert model.config.i2moe_format_version == 2
+    assert model.config.i2moe_format_version == 3  # converted on load
     with torch.no_grad():
         output = model(**{key: saved[key] for key in ("a_features", "b_features", "modality_mask")})
     torch.testing.assert_close(output.logits, saved["expected_logits"])
@@ -85,12 +85,13 @@ def test_format1_checkpoint_loads_to_the_same_predictions(name):
         torch.testing.assert_close(output.component_logits, saved["expected_expert_logits"][:, old_order])
         torch.testing.assert_close(output.component_weights, saved["expected_expert_weights"][:, old_order])
         assert model.config.i2moe.lambda_int == 0.3 and model.config.i2m2.separate_towers
+        assert model.config.i2moe.label_guidance_weight == 0.0  # saved before the default: the paper's objective
     if "expected_gate_weights" in saved:
         torch.testing.assert_close(output.component_weights, saved["expected_gate_weights"])
         assert model.config.dmil.stage == 3
 
 
-def test_format1_checkpoint_resaves_in_format2(tmp_path):
+def test_format1_checkpoint_resaves_in_the_current_format(tmp_path):
     model = I2MoEForClassification.from_pretrained(FIXTURES / "i2moe_i2m2_separate")
     model.save_pretrained(tmp_path)
     reloaded = I2MoEForClassification.from_pretrained(tmp_path)

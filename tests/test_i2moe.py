@@ -4,13 +4,15 @@ synthetic tasks where the dominant interaction type is known."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import make_config, make_inputs
 from i2moe import FUSIONS, I2MoEForClassification, build_fusion
-from i2moe.configuration_i2moe import PERTURBATIONS
+from i2moe.configuration_i2moe import I2MOE_PAPER_OBJECTIVE, PERTURBATIONS
 from i2moe.experts_i2moe import I2MoEInteraction
 from i2moe.fusion_i2moe import TokenLayout
 from i2moe.synthetic import dominant_by_quadrant, interpret_synthetic, train_synthetic
@@ -201,8 +203,12 @@ def test_outputs_for_every_backbone_and_problem_type(fusion, problem_type):
     assert output.component_weights.shape == (4, 5)
     torch.testing.assert_close(output.component_weights.sum(-1), torch.ones(4))
     torch.testing.assert_close(output.logits, torch.einsum("bk,bkc->bc", output.component_weights, output.component_logits))
-    assert set(output.loss_terms) == {*model.interaction.component_names, "interaction"}
+    # The label-guided losses are on by default (weight 3) for class indices only.
+    guided = problem_type == "single_label_classification"
+    assert set(output.loss_terms) == {*model.interaction.component_names, "interaction", *["label_guidance"] * guided}
     expected = model.task_loss(output.logits, labels) + config.i2moe.lambda_int * output.loss_terms["interaction"]
+    if guided:
+        expected = expected + 3.0 * output.loss_terms["label_guidance"]
     torch.testing.assert_close(output.loss, expected)
     assert torch.isfinite(output.loss)
 
@@ -277,6 +283,27 @@ def test_save_and_load_round_trip(tmp_path):
         torch.testing.assert_close(terms[1][name], value, msg=name)
 
 
+@pytest.mark.parametrize("version, saved, expected", [
+    (2, {}, 0.0),  # saved before the default changed: it trained the paper's objective, and still does
+    (2, {"label_guidance_weight": 1.5}, 1.5),
+    (3, {}, None),  # today's default: on for class indices
+])
+def test_saved_configs_keep_the_objective_they_were_trained_with(tmp_path, version, saved, expected):
+    model = I2MoEForClassification(make_config(method="i2moe", i2moe={"reweight_dropout": 0.0}))
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    stored = json.loads(config_file.read_text())
+    assert stored["i2moe"]["label_guidance_weight"] is None and stored["i2moe_format_version"] == 3
+    del stored["i2moe"]["label_guidance_weight"]
+    stored["i2moe"].update(saved)
+    config_file.write_text(json.dumps({**stored, "i2moe_format_version": version}))
+    loaded = I2MoEForClassification.from_pretrained(tmp_path)
+    assert loaded.config.i2moe.label_guidance_weight == expected
+    inputs = {**make_inputs(loaded.config), "labels": torch.tensor([0, 1, 2, 0])}
+    terms = loaded.train()(**inputs).loss_terms
+    assert ("label_guidance" in terms) == (expected != 0.0)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -338,8 +365,9 @@ def test_xor_label_is_learned_by_routing_not_by_the_synergy_expert():
     `benchmarks/i2moe_synthetic_interactions.py`; docs/i2moe.md, "What the weights mean"): the model
     learns it, no expert does on its own, and the reweighting model sends each sign quadrant to a
     different expert with a near-one weight. So the synergy weight is not the largest; if a change
-    to the method makes this fail, the docs' account of the weights needs revisiting too."""
-    model = train_synthetic("synergy", steps=300, lr=3e-3, seed=0)
+    to the method makes this fail, the docs' account of the weights needs revisiting too. The paper's
+    objective, pinned: the default's label-guided losses make the synergy expert learn XOR itself."""
+    model = train_synthetic("synergy", steps=300, lr=3e-3, seed=0, i2moe=I2MOE_PAPER_OBJECTIVE)
     result = interpret_synthetic(model, "synergy")
     summary = result.summary()
     assert summary["accuracy"] > 0.9

@@ -42,7 +42,8 @@ def test_expert_task_loss_is_the_mean_of_each_experts_cross_entropy():
     clean = experts_out.view(num_experts, 3, batch, -1)[:, 0]  # variant 0: the clean input
     expected = sum(F.cross_entropy(clean[k], LABELS) for k in range(num_experts)) / num_experts
     torch.testing.assert_close(output.loss_terms["expert_task"], expected)
-    auxiliary = (config.i2moe.lambda_int * output.loss_terms["interaction"] + 0.7 * expected)
+    auxiliary = (config.i2moe.lambda_int * output.loss_terms["interaction"] + 0.7 * expected
+                 + 3.0 * output.loss_terms["label_guidance"])  # the default label-guided losses
     torch.testing.assert_close(output.loss, model.task_loss(output.logits, LABELS) + auxiliary)
 
 
@@ -52,7 +53,8 @@ def test_balance_term_enters_the_loss_with_its_weight():
     usage = output.component_weights.mean(0)
     expected = math.log(len(usage)) + (usage * usage.log()).sum()
     torch.testing.assert_close(output.loss_terms["balance"], expected)
-    auxiliary = config.i2moe.lambda_int * output.loss_terms["interaction"] + 0.3 * expected
+    auxiliary = (config.i2moe.lambda_int * output.loss_terms["interaction"] + 0.3 * expected
+                 + 3.0 * output.loss_terms["label_guidance"])  # the default label-guided losses
     torch.testing.assert_close(output.loss, model.task_loss(output.logits, LABELS) + auxiliary)
 
 

@@ -67,6 +67,8 @@ def test_product_with_an_i2moe_part_keeps_its_interaction_loss():
     model = I2MoEForClassification(config).train()
     labels = torch.tensor([0, 2, 1, 1])
     output = model(**make_inputs(config), labels=labels)
-    torch.testing.assert_close(output.interaction_loss, 0.4 * output.loss_terms["interaction"])
-    expected = oracles.cross_entropy(output.logits.double(), labels) + 0.4 * output.loss_terms["interaction"].double()
+    # with the default label-guided losses (weight 3)
+    interaction = 0.4 * output.loss_terms["interaction"] + 3.0 * output.loss_terms["label_guidance"]
+    torch.testing.assert_close(output.interaction_loss, interaction)
+    expected = oracles.cross_entropy(output.logits.double(), labels) + interaction.double()
     torch.testing.assert_close(output.loss.double(), expected, rtol=1e-6, atol=1e-6)

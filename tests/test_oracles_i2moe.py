@@ -178,7 +178,7 @@ def test_label_guidance_terms_of_given_outputs_equal_the_formulas():
 
 def test_label_guidance_by_hand_and_the_uniqueness_target_is_detached():
     """Two classes, one row, label 0. Synergy: clean logits (0, 0) and every perturbed output (log 3, 0),
-    p = (3/4, 1/4): log 2 + KL(uniform || p) = log 2 + (log(2/3) + log 2) / 2. Uniqueness m0: its
+    p = (3/4, 1/4): log 2 + H(uniform, p) = log 2 + (log(4/3) + log 4) / 2. Uniqueness m0: its
     outputs with m1 / m2 perturbed are the targets its clean output is pulled to, so their gradient is
     the cross-entropy's alone."""
     interaction, _ = interaction_and_config(num_labels=2, i2moe={"label_guidance_weight": 1.0})
@@ -190,13 +190,13 @@ def test_label_guidance_by_hand_and_the_uniqueness_target_is_detached():
     outputs.requires_grad_(True)
     present, labels = torch.ones(1, 3, dtype=torch.bool), torch.tensor([0])
     terms = interaction.label_guidance_terms(outputs, present, labels)
-    assert terms[synergy].item() == pytest.approx(math.log(2.0) + (math.log(2.0 / 3.0) + math.log(2.0)) / 2)
+    assert terms[synergy].item() == pytest.approx(math.log(2.0) + (math.log(4.0 / 3.0) + math.log(4.0)) / 2)
     terms[unique].backward()
     perturbed = outputs[unique, 2:, 0].detach().requires_grad_(True)
     cross_entropy = -torch.log_softmax(perturbed, -1)[:, 0].mean()  # the mean over the two positives
     (expected,) = torch.autograd.grad(cross_entropy, perturbed)
     torch.testing.assert_close(outputs.grad[unique, 2:, 0], expected)
-    assert outputs.grad[unique, 0, 0].abs().sum() > 0  # the clean output is what the KL moves
+    assert outputs.grad[unique, 0, 0].abs().sum() > 0  # the clean output is what the consistency term moves
 
 
 def test_label_guidance_needs_single_label_classification():

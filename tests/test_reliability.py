@@ -383,8 +383,8 @@ CHECKPOINT_FAULTS = {
         lambda path: _truncate(path / "model.safetensors", 0.0001), AutoModel.from_pretrained, OSError,
         "the safetensors weights cannot be read"),
     "config of a newer format version": (
-        lambda path: edit_config(path, i2moe_format_version=3), AutoModel.from_pretrained, ValueError,
-        "`i2moe_format_version` is 3, but this code reads versions 1 to 2.*trust_remote_code=True"),
+        lambda path: edit_config(path, i2moe_format_version=4), AutoModel.from_pretrained, ValueError,
+        "`i2moe_format_version` is 4, but this code reads versions 1 to 3.*trust_remote_code=True"),
     "format version that is not an int": (
         lambda path: edit_config(path, i2moe_format_version="1"), AutoConfig.from_pretrained, ValueError,
         "`i2moe_format_version` must be a positive int, got '1'"),
@@ -421,7 +421,7 @@ def test_checkpoint_fault_gets_a_clear_error(saved_model, tmp_path, case):
 def test_intact_checkpoint_still_loads_with_its_own_or_an_equal_config(saved_model):
     model, info = I2MoEForClassification.from_pretrained(saved_model, config=make_config(), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert AutoModel.from_pretrained(saved_model).config.i2moe_format_version == 2
+    assert AutoModel.from_pretrained(saved_model).config.i2moe_format_version == 3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,8 +18,15 @@ from transformers import AutoConfig, PreTrainedConfig
 from .registry_i2moe import FUSIONS, INTERACTIONS, POOLERS, Registry
 
 
-# The layout of saved configs and weights (`I2MoEConfig.i2moe_format_version`).
-FORMAT_VERSION = 2
+# The layout of saved configs and weights (`I2MoEConfig.i2moe_format_version`). Version 3: the
+# label-guided interaction losses are on by default; configs of earlier versions keep the paper's objective.
+FORMAT_VERSION = 3
+# `i2moe.label_guidance_weight` when unset, for single-label class indices (docs/i2moe.md, "Label-guided
+# interaction losses": chosen over 1 on the planted attribution and AV-MNIST LF).
+DEFAULT_LABEL_GUIDANCE_WEIGHT = 3.0
+# The I2MoE paper's objective (its output-only interaction losses, no label-guided ones): pass as
+# `i2moe=I2MOE_PAPER_OBJECTIVE` (or merge it into the `i2moe` settings) to train as the paper does.
+I2MOE_PAPER_OBJECTIVE = {"label_guidance_weight": 0.0}
 PERTURBATIONS = ("noise", "zero", "mean", "null")
 UNIQUENESS_DISTANCES = ("logits", "normalized")
 # The DMIL paper's stage-3 cross-entropy weights (components 0.8, level-1 heads 0.5): pass as
@@ -294,12 +301,15 @@ class I2MoEExpertsConfig(_Settings):
             to the mixture's; 0 (the paper). Not the default: it closes part of the AV-MNIST gap but makes
             each expert learn the whole task, so an expert's name no longer says what it carries
             (docs/i2moe.md, "Collapse").
-        label_guidance_weight (`float`): weight of the label-guided interaction losses, added to the
-            paper's output-only ones; 0 (the paper). Each expert's task loss on the perturbed variants its
+        label_guidance_weight (`float`, *optional*): weight of the label-guided interaction losses,
+            added to the paper's output-only ones. Each expert's task loss on the perturbed variants its
             interaction says must still predict (uniqueness expert i: another modality perturbed, its
-            clean output pulled to that prediction; redundancy: any one modality perturbed), and for synergy the task loss on the clean input
-            plus `KL(uniform || p)` of each perturbed variant (it must predict with every modality and
-            not without one). Single-label classification only (docs/i2moe.md, "Label-guided
+            clean output pulled to that prediction; redundancy: any one modality perturbed), and for
+            synergy the task loss on the clean input plus `KL(uniform || p)` of each perturbed variant
+            (it must predict with every modality and not without one). Single-label classification
+            only. Unset (`None`, the default): `DEFAULT_LABEL_GUIDANCE_WEIGHT` (3) when the labels are
+            class indices, off for regression and multi-label targets; 0 is the paper's objective, and
+            configs saved before format version 3 load with 0 (docs/i2moe.md, "Label-guided
             interaction losses").
         balance_weight (`float`): weight of the load-balancing term `log K - H(batch-mean weights)`; 0.
         reweight_warmup_steps (`int`): training steps with equal expert weights before the reweighting
@@ -328,7 +338,7 @@ class I2MoEExpertsConfig(_Settings):
     reweight_num_layers: int = 2
     reweight_dropout: float = 0.1
     expert_loss_weight: float = 0.0
-    label_guidance_weight: float = 0.0
+    label_guidance_weight: float | None = None
     balance_weight: float = 0.0
     reweight_warmup_steps: int = 0
     execution: str = "auto"
@@ -356,8 +366,10 @@ class I2MoEExpertsConfig(_Settings):
                              f"got {self.uniqueness_distance!r}")
         if self.perturbation not in PERTURBATIONS:
             raise ValueError(f"I2MoEConfig: `i2moe.perturbation` must be one of {PERTURBATIONS}, got {self.perturbation!r}")
-        for field in ("lambda_int", "margin", "expert_loss_weight", "label_guidance_weight", "balance_weight"):
+        for field in ("lambda_int", "margin", "expert_loss_weight", "balance_weight"):
             _require_number(f"i2moe.{field}", getattr(self, field), minimum=0.0)
+        if self.label_guidance_weight is not None:
+            _require_number("i2moe.label_guidance_weight", self.label_guidance_weight, minimum=0.0)
         if isinstance(self.reweight_warmup_steps, bool) or not isinstance(self.reweight_warmup_steps, int) \
                 or self.reweight_warmup_steps < 0:
             raise ValueError(f"I2MoEConfig: `i2moe.reweight_warmup_steps` must be an int >= 0, got {self.reweight_warmup_steps!r}")
@@ -547,6 +559,8 @@ class I2MoEConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         _check_format_version(self.i2moe_format_version)
         _move_flat_method_fields(self, kwargs)
+        if self.i2moe_format_version < 3:
+            _keep_the_paper_objective(self)
         self.i2moe_format_version = FORMAT_VERSION
         self.modalities = _parse_modalities(self.modalities)
         for field in ("hidden_size", "fusion_num_layers", "fusion_num_heads", "fusion_hidden_size",
@@ -789,6 +803,15 @@ def _parse_modalities(modalities) -> list[ModalityConfig]:
     if duplicates:
         raise ValueError(f"I2MoEConfig: two modalities share the name(s) {duplicates}; names must be unique")
     return parsed
+
+
+def _keep_the_paper_objective(config: I2MoEConfig) -> None:
+    """A config saved before format version 3 trained I2MoE with the paper's objective: an unset
+    `label_guidance_weight` there means 0, not today's default, so training it further continues
+    the same objective."""
+    if config.method != "i2moe" or isinstance(config.i2moe, I2MoEExpertsConfig):
+        return
+    config.i2moe = {"label_guidance_weight": 0.0, **(config.i2moe or {})}
 
 
 def _check_format_version(version) -> None:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .configuration_i2moe import DEFAULT_LABEL_GUIDANCE_WEIGHT
 from .fusion_i2moe import InteractionOutput, ModalityMean, TokenLayout, build_fusion, interaction_component_names
 from .noise_i2moe import standard_normal
 from .registry_i2moe import INTERACTIONS
@@ -126,6 +127,7 @@ class I2MoEInteraction(nn.Module):
         # (`from_pretrained` leaves non-persistent buffers uninitialised); a reloaded model starts again.
         self.training_steps = 0
         self.regression = config.problem_type == "regression"
+        self.num_labels = config.num_labels
         self.execution, self.chunk_rows = settings.execution, settings.chunk_rows
         self.checkpoint_experts = settings.checkpoint_experts
         self.perturbation_fraction = settings.perturbation_fraction
@@ -184,7 +186,8 @@ class I2MoEInteraction(nn.Module):
         is_synergy = torch.zeros(num_experts, 1, 1, dtype=torch.bool)
         is_synergy[synergy] = True
         return {
-            "is_synergy": is_synergy,
+            "is_synergy": is_synergy, "negated_uniqueness": -own_select.sum(1).view(-1, 1, 1, 1),
+            "class_index": torch.arange(self.num_labels),
             "variant_mask": variant_mask[:, None, :, None], "pair_weights": pair_weights[:, :, None],
             "difference_matrix": difference, "negative_matrix": negative,
             "margin_tensor": torch.full((1, 1, 1), float(self.margin)), "own_select": own_select,
@@ -202,18 +205,20 @@ class I2MoEInteraction(nn.Module):
             self.training_steps += 1
             clean, outputs, rows = self._perturbed_passes(tokens, present, null_tokens, noise)
             loss_present = present if rows is None else present[rows]
+            pairs = self._pair_weights(loss_present)  # shared by the paper's and the label-guided terms
             # In float32 even under autocast: squared distances of large fp16 logits overflow to inf (NaN loss).
             with torch.autocast(tokens.device.type, enabled=False):
-                losses = self.interaction_loss_terms(outputs, loss_present)
+                losses = self.interaction_loss_terms(outputs, loss_present, pairs)
             unweighted = losses.mean()
             interaction_loss = self.lambda_int * unweighted
             loss_terms = {**dict(zip(self.component_names, losses.unbind(0))), "interaction": unweighted}
-            if self.label_guidance_weight and labels is not None:
+            guidance_weight = self.guidance_weight_for(labels)
+            if guidance_weight:
                 loss_labels = labels if rows is None else labels[rows]
                 with torch.autocast(tokens.device.type, enabled=False):
-                    guided = self.label_guidance_terms(outputs, loss_present, loss_labels)
+                    guided = self.label_guidance_terms(outputs, loss_present, loss_labels, pairs)
                 loss_terms["label_guidance"] = guided.mean()
-                interaction_loss = interaction_loss + self.label_guidance_weight * loss_terms["label_guidance"]
+                interaction_loss = interaction_loss + guidance_weight * loss_terms["label_guidance"]
             if self.balance_weight:
                 loss_terms["balance"] = weight_balance_loss(weights)
                 interaction_loss = interaction_loss + self.balance_weight * loss_terms["balance"]
@@ -228,6 +233,17 @@ class I2MoEInteraction(nn.Module):
             logits=logits, component_logits=component_logits, component_weights=weights,
             interaction_loss=interaction_loss, loss_terms=loss_terms,
         )
+
+    def guidance_weight_for(self, labels: torch.Tensor | None) -> float:
+        """The weight of the label-guided losses for these labels: `i2moe.label_guidance_weight`, or
+        when it is unset `DEFAULT_LABEL_GUIDANCE_WEIGHT` for single-label class indices (the labels'
+        form decides, as it decides an unset `problem_type`) and 0 for regression and multi-label."""
+        if labels is None:
+            return 0.0
+        if self.label_guidance_weight is not None:
+            return self.label_guidance_weight
+        class_indices = not self.regression and not labels.is_floating_point() and labels.dim() == 1
+        return DEFAULT_LABEL_GUIDANCE_WEIGHT if class_indices else 0.0
 
     def expert_task_loss(self, expert_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Each expert's own task loss on the clean input, averaged over the K experts: `expert_logits`
@@ -313,7 +329,8 @@ class I2MoEInteraction(nn.Module):
             return tokens.mean(0, keepdim=True)
         return null_tokens[None].to(tokens.dtype)
 
-    def interaction_loss_terms(self, outputs: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def interaction_loss_terms(self, outputs: torch.Tensor, present: torch.Tensor,
+                               pairs: torch.Tensor | None = None) -> torch.Tensor:
         """The K interaction losses `(K,)` from every expert's output on every variant
         `(K, V, B, C)` (variant 0 clean, variant j + 1 with modality j perturbed):
 
@@ -326,7 +343,7 @@ class I2MoEInteraction(nn.Module):
         where `sim` is the cosine similarity of the logits, or for regression `exp(-||y^0 - y^j||²)`
         (the cosine of scalar outputs is only their sign; this similarity is bounded like the
         cosine, so minimising it pushes the synergy expert's outputs apart: the correct sign).
-        Means run over the pairs `_pair_weights` keeps.
+        Means run over the pairs `_pair_weights` keeps (`pairs`: those weights, when the caller has them).
 
         Written for few kernels: every quantity is computed for all K experts at once, and
         constant routing weights pick the one each expert's loss uses (slicing per expert type
@@ -348,40 +365,47 @@ class I2MoEInteraction(nn.Module):
         triplet = F.relu(torch.baddbmm(self.margin_tensor, self.negative_matrix, distances))
         similarity = torch.exp(-squared) if self.regression else squared
         candidates = torch.cat([triplet, similarity], dim=2).view(num_experts, self.num_modalities, -1, batch)
-        weights = self.routing * self._pair_weights(present)[:, :, None, :]  # (K, M, 2H, B)
+        pairs = self._pair_weights(present) if pairs is None else pairs
+        weights = self.routing * pairs[:, :, None, :]  # (K, M, 2H, B)
         return (candidates * weights).sum((1, 2, 3)) + self.loss_offset
 
-    def label_guidance_terms(self, outputs: torch.Tensor, present: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def label_guidance_terms(self, outputs: torch.Tensor, present: torch.Tensor, labels: torch.Tensor,
+                             pairs: torch.Tensor | None = None) -> torch.Tensor:
         """The K label-guided interaction losses `(K,)` (`label_guidance_weight`) from the same
         `(K, V, B, C)` outputs as `interaction_loss_terms`, over the same (perturbed modality j, row b)
-        pairs:
+        pairs (`pairs`: their weights, when the caller has them). Each is a cross-entropy
+        `H(t, p) = -sum_c t_c log p_c` of an expert's prediction p against a target t:
 
-        - uniqueness expert i, j != i: `CE(y_i^j, y) + KL(p_i^j || p_i^0)` (it still predicts when another
-          modality is gone, and its clean output is pulled to that prediction, the target detached, so
-          that on the clean input too it says what its own modality says);
-        - redundancy: `CE(y^j, y)` (it predicts from what is left when any one modality is gone);
-        - synergy: `CE(y^0, y) + KL(uniform || softmax(y^j))` (it predicts with every modality and
-          not without one).
+        - uniqueness expert i, j != i: `H(y, p_i^j) + H(p_i^j, p_i^0)` (it still predicts the label when
+          another modality is gone, and its clean prediction is pulled to that one, the target detached,
+          so that on the clean input too it says what its own modality says);
+        - redundancy: `H(y, p^j)` (it predicts from what is left when any one modality is gone);
+        - synergy: `H(y, p^0) + H(u, p^j)`, u uniform (it predicts with every modality and says nothing
+          without one).
 
         The paper's losses only ask how the outputs move under perturbation, which outputs unrelated to
         the label can satisfy (the dead synergy expert of docs/i2moe.md, "Collapse"); these ask what the
-        moved outputs predict.
+        moved outputs predict. Written as one weighted sum of the log-probabilities against constant
+        targets: the targets carry the pair weights and the sign and need no gradient, so the backward
+        pass is that of one product and one log-softmax.
         """
         if labels.is_floating_point() or labels.dim() != 1:
             raise ValueError(
                 "I2MoE: `i2moe.label_guidance_weight` needs single-label class indices as `labels` (an integer "
                 f"tensor of shape (batch,)), got a {labels.dtype} tensor of shape {tuple(labels.shape)}"
             )
+        pairs = (self._pair_weights(present) if pairs is None else pairs)[..., None]  # (K, M, B, 1)
         log_probs = outputs.to(torch.promote_types(outputs.dtype, torch.float32)).log_softmax(-1)  # (K, V, B, C)
-        index = labels.view(1, 1, -1, 1).expand(*log_probs.shape[:3], 1)
-        nll = -log_probs.gather(-1, index).squeeze(-1)  # (K, V, B)
-        # KL(uniform || p) = -log C - mean_c log p_c: 0 exactly when the output is uniform.
-        uninformative = -log_probs[:, 1:].mean(-1) - math.log(log_probs.shape[-1])  # (K, M, B)
-        target = log_probs[:, 1:].detach()
-        consistency = (target.exp() * (target - log_probs[:, :1])).sum(-1)  # KL(p^j || p^0), (K, M, B)
-        consistency = consistency * self.own_select.sum(1).view(-1, 1, 1)  # uniqueness experts only
-        terms = torch.where(self.is_synergy, nll[:, :1] + uninformative, nll[:, 1:] + consistency)  # (K, M, B)
-        return (terms * self._pair_weights(present)).sum((1, 2))
+        # Negated targets, so that the sum below is the cross-entropy without a negation kernel.
+        negated_label = torch.where(labels[:, None] == self.class_index, -1.0, 0.0).to(log_probs.dtype)  # (B, C)
+        is_synergy = self.is_synergy[..., None]  # (K, 1, 1, 1)
+        perturbed_targets = pairs * torch.where(is_synergy, -1.0 / log_probs.shape[-1], negated_label)
+        # The clean output's targets: the label for synergy, each perturbed prediction for uniqueness
+        # (`negated_uniqueness`: -1 for uniqueness experts, 0 for the others).
+        own_predictions = log_probs[:, 1:].detach().exp() * self.negated_uniqueness
+        clean_targets = (pairs * torch.where(is_synergy, negated_label, own_predictions)).sum(1, keepdim=True)
+        targets = torch.cat([clean_targets, perturbed_targets], dim=1)  # (K, V, B, C)
+        return (targets * log_probs).sum((1, 2, 3))
 
     def _pair_weights(self, present: torch.Tensor) -> torch.Tensor:
         """`(K, M, B)` weights of each expert's mean over (perturbed modality j, row b): a pair
