@@ -4,7 +4,9 @@ Runs `examples/run_classification.py` with the arguments `examples/demo.sh` give
 that file, so they cannot drift apart), with another `--seed` and output folder and without the
 unimodal baselines and missing-modality evaluations (their figures do not depend on the I2MoE
 model). The frozen towers' cached features are shared with the demo (`I2MOE_CACHE`), so a seed
-costs only the training. One JSON row per seed, appended (a rerun skips the seeds it has).
+costs only the training. One JSON row per seed, appended (a rerun skips the seeds it has for the
+same arguments and config format version: the version marks a change of the defaults' objective, as
+the label-guided losses of version 3; rows without it are version 2).
 
     python benchmarks/demo_seeds.py --seeds 1 2 3
 """
@@ -22,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 import run_classification  # noqa: E402
+from i2moe.configuration_i2moe import FORMAT_VERSION  # noqa: E402
 
 
 RESULTS = ROOT / "benchmarks" / "results" / "demo_seeds.json"
@@ -51,12 +54,14 @@ def main() -> None:
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     arguments = demo_arguments()
     for seed in args.seeds:
-        if any(row["seed"] == seed and row["arguments"] == arguments for row in rows):
+        if any(row["seed"] == seed and row["arguments"] == arguments and row.get("i2moe_format_version", 2) == FORMAT_VERSION
+               for row in rows):
             continue
         with tempfile.TemporaryDirectory() as output:
             results = run_classification.main([*arguments, "--output_dir", output, "--seed", str(seed)])
         rows.append({"seed": seed, "test_accuracy": round(results["test_accuracy"], 4),
-                     "test_macro_f1": round(results["test_macro_f1"], 4), "arguments": arguments})
+                     "test_macro_f1": round(results["test_macro_f1"], 4), "arguments": arguments,
+                     "i2moe_format_version": FORMAT_VERSION})
         RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
         print(f"seed {seed}: test accuracy {rows[-1]['test_accuracy']:.4f}, macro-F1 {rows[-1]['test_macro_f1']:.4f}",
               flush=True)

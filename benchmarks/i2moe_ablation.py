@@ -37,7 +37,8 @@ from i2moe.datasets_avmnist import AVMNISTRecipe, load_avmnist
 
 RESULTS = Path(__file__).resolve().parent / "results" / "i2moe_ablation.jsonl"
 # name: (method, I2MoE config overrides). Each I2MoE row changes one thing from `default`
-# (the package defaults: lambda_int 0.1, noise perturbation, temperature 1, reweighting dropout 0.1).
+# (the package defaults: lambda_int 0.1, noise perturbation, temperature 1, reweighting dropout 0.1; the
+# paper's objective, which `avmnist_i2m2.model_config` pins for I2MoE).
 VARIANTS = {
     "vanilla": ("vanilla", {}),
     "default": ("i2moe", {}),
