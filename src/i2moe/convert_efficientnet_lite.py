@@ -79,7 +79,10 @@ def load_original(checkpoint: str | os.PathLike | None = None) -> I2MoEEfficient
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
     # weights_only: a plain tensor dict, never arbitrary unpickled objects.
     state_dict = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model = I2MoEEfficientNetLiteForImageClassification(I2MoEEfficientNetLiteConfig(num_labels=1000))
+    # The random init is overwritten by the checkpoint; forked, it leaves the caller's RNG as it was, so a
+    # run that converts on first use (`efficientnet_lite0_path`) trains the same model as one that does not.
+    with torch.random.fork_rng(devices=[]):
+        model = I2MoEEfficientNetLiteForImageClassification(I2MoEEfficientNetLiteConfig(num_labels=1000))
     model.load_state_dict(rename_state_dict(state_dict), strict=True)
     return model.eval()
 
