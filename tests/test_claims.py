@@ -419,6 +419,19 @@ def test_results_tables_are_the_suites_output(tmp_path, monkeypatch):
     assert copy.read_text() == page, "docs/results.md: regenerate its tables with the command at its top"
 
 
+def test_demo_seed_sentences():
+    """README's and docs/demo.md's demo accuracy over seeds: the committed `demo_seeds.py` rows of
+    the current objective (config format version 3)."""
+    rows = [row for row in results("demo_seeds.json") if row.get("i2moe_format_version") == 3]
+    seeds = sorted(row["seed"] for row in rows)
+    accuracy = [row["test_accuracy"] for row in rows]
+    assert seeds == list(range(seeds[0], seeds[-1] + 1))
+    sentence = (f"at seeds {seeds[0]}-{seeds[-1]} the same training gives {min(accuracy):.4f}-{max(accuracy):.4f} "
+                f"test accuracy (median {statistics.median(accuracy):.4f}")
+    assert_quoted("README.md", sentence)
+    assert_quoted("docs/demo.md", sentence)
+
+
 def test_readme_quotes_the_suites_medians():
     """README's converged-budget rows: the medians over seeds of the committed result lines."""
     rows = [json.loads(line) for line in (ROOT / "benchmarks" / "results" / "methods_suite.jsonl").read_text().splitlines()]

@@ -210,6 +210,7 @@ def test_outputs_for_every_backbone_and_problem_type(fusion, problem_type):
     if guided:
         expected = expected + 3.0 * output.loss_terms["label_guidance"]
     torch.testing.assert_close(output.loss, expected)
+    assert config.i2moe.label_guidance_weight == (3.0 if guided else 0.0)  # resolved and stored, as problem_type
     assert torch.isfinite(output.loss)
 
 
@@ -302,6 +303,10 @@ def test_saved_configs_keep_the_objective_they_were_trained_with(tmp_path, versi
     inputs = {**make_inputs(loaded.config), "labels": torch.tensor([0, 1, 2, 0])}
     terms = loaded.train()(**inputs).loss_terms
     assert ("label_guidance" in terms) == (expected != 0.0)
+    # Resolved at that first labelled call and saved: the number, whatever later defaults say.
+    loaded.save_pretrained(tmp_path / "again")
+    saved_weight = json.loads((tmp_path / "again" / "config.json").read_text())["i2moe"]["label_guidance_weight"]
+    assert saved_weight == (3.0 if expected is None else expected)
 
 
 @pytest.mark.parametrize(

@@ -308,9 +308,10 @@ class I2MoEExpertsConfig(_Settings):
             synergy the task loss on the clean input plus `KL(uniform || p)` of each perturbed variant
             (it must predict with every modality and not without one). Single-label classification
             only. Unset (`None`, the default): `DEFAULT_LABEL_GUIDANCE_WEIGHT` (3) when the labels are
-            class indices, off for regression and multi-label targets; 0 is the paper's objective, and
-            configs saved before format version 3 load with 0 (docs/i2moe.md, "Label-guided
-            interaction losses").
+            class indices, 0 for regression and multi-label targets, resolved at the first labelled
+            training call and stored here (so it is saved, like `problem_type`); 0 is the paper's
+            objective, and configs saved before format version 3 load with 0 (docs/i2moe.md,
+            "Label-guided interaction losses").
         balance_weight (`float`): weight of the load-balancing term `log K - H(batch-mean weights)`; 0.
         reweight_warmup_steps (`int`): training steps with equal expert weights before the reweighting
             model is used; 0.

@@ -120,7 +120,8 @@ class I2MoEInteraction(nn.Module):
         self.uniqueness_distance = settings.uniqueness_distance
         self.lambda_int = settings.lambda_int
         self.expert_loss_weight = settings.expert_loss_weight
-        self.label_guidance_weight = settings.label_guidance_weight
+        # The config's settings, not a copy: an unset `label_guidance_weight` is resolved into them.
+        self.settings = settings
         self.balance_weight = settings.balance_weight
         self.warmup_steps = settings.reweight_warmup_steps
         # Training forward passes seen, for the reweighting warm-up: a Python int, not a buffer
@@ -235,15 +236,17 @@ class I2MoEInteraction(nn.Module):
         )
 
     def guidance_weight_for(self, labels: torch.Tensor | None) -> float:
-        """The weight of the label-guided losses for these labels: `i2moe.label_guidance_weight`, or
-        when it is unset `DEFAULT_LABEL_GUIDANCE_WEIGHT` for single-label class indices (the labels'
-        form decides, as it decides an unset `problem_type`) and 0 for regression and multi-label."""
+        """The weight of the label-guided losses for these labels: `i2moe.label_guidance_weight`. Unset,
+        it is resolved at the first labelled training call and stored in the config, as an unset
+        `problem_type` is, so that a saved model keeps the objective it was trained with:
+        `DEFAULT_LABEL_GUIDANCE_WEIGHT` for single-label class indices (the labels' form decides, as
+        it decides `problem_type`), 0 for regression and multi-label targets."""
         if labels is None:
             return 0.0
-        if self.label_guidance_weight is not None:
-            return self.label_guidance_weight
-        class_indices = not self.regression and not labels.is_floating_point() and labels.dim() == 1
-        return DEFAULT_LABEL_GUIDANCE_WEIGHT if class_indices else 0.0
+        if self.settings.label_guidance_weight is None:
+            class_indices = not self.regression and not labels.is_floating_point() and labels.dim() == 1
+            self.settings.label_guidance_weight = DEFAULT_LABEL_GUIDANCE_WEIGHT if class_indices else 0.0
+        return self.settings.label_guidance_weight
 
     def expert_task_loss(self, expert_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Each expert's own task loss on the clean input, averaged over the K experts: `expert_logits`
