@@ -305,9 +305,9 @@ class I2MoEExpertsConfig(_Settings):
             added to the paper's output-only ones. Each expert's task loss on the perturbed variants its
             interaction says must still predict (uniqueness expert i: another modality perturbed, its
             clean output pulled to that prediction; redundancy: any one modality perturbed), and for
-            synergy the task loss on the clean input plus `KL(uniform || p)` of each perturbed variant
-            (it must predict with every modality and not without one). Single-label classification
-            only. Unset (`None`, the default): `DEFAULT_LABEL_GUIDANCE_WEIGHT` (3) when the labels are
+            synergy the task loss on the clean input plus the cross-entropy `H(uniform, p)` of each
+            perturbed variant (it must predict with every modality and not without one). Single-label
+            classification only. Unset (`None`, the default): `DEFAULT_LABEL_GUIDANCE_WEIGHT` (3) when the labels are
             class indices, 0 for regression and multi-label targets, resolved at the first labelled
             training call and stored here (so it is saved, like `problem_type`); 0 is the paper's
             objective, and configs saved before format version 3 load with 0 (docs/i2moe.md,
