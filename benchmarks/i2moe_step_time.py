@@ -61,7 +61,7 @@ SETTINGS = (*EMBEDDING_SETTINGS, "towers_vitb_bertb")
 METHODS = ("vanilla", "i2moe")
 # Config method and `i2moe` settings of each benchmark method: `i2moe` is the paper's objective (what the
 # reference implements, `i2moe_vs_reference.py`), `i2moe_guided` the package default's (label-guided
-# losses on); the operator count measures both, the timings the first.
+# losses on); the operator count measures all three, the timings `METHODS` unless `--methods` says otherwise.
 METHOD_CONFIGS = {"vanilla": ("vanilla", None), "i2moe": ("i2moe", I2MOE_PAPER_OBJECTIVE), "i2moe_guided": ("i2moe", {})}
 OP_COUNT_METHODS = ("vanilla", "i2moe", "i2moe_guided")
 OP_COUNT_SETTINGS = ("m2_d256_p16", "m3_d256_p16")
@@ -274,7 +274,7 @@ def print_ratios(rows: list[dict]) -> None:
         if method == "vanilla" or vanilla is None:
             continue
         print(
-            f"{setting:18s} {precision:4s} train {row['train_ms']:9.1f} ms ({row['train_ms'] / vanilla['train_ms']:.2f}x "
+            f"{setting:18s} {precision:4s} {method:12s} train {row['train_ms']:9.1f} ms ({row['train_ms'] / vanilla['train_ms']:.2f}x "
             f"vanilla)  infer {row['infer_ms']:9.1f} ms ({row['infer_ms'] / vanilla['infer_ms']:.2f}x)  "
             f"peak {row['peak_mem_mib']:8.1f} MiB (vanilla {vanilla['peak_mem_mib']:.1f})"
         )

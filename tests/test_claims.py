@@ -59,6 +59,20 @@ def test_op_counts():
                   f"vanilla fusion: {vanilla['train_ops']}, so {guided_train}")
 
 
+def test_label_guided_step_time_sentence():
+    """docs/i2moe.md's CPU step times of the default objective beside the paper's, from their one run."""
+    rows = {(row["setting"], row["method"]): row for row in results("i2moe_step_time_guided_cpu.json")}
+    cells = []
+    for setting in ("m2_d256_p16", "m3_d256_p16"):
+        guided, paper = rows[(setting, "i2moe_guided")], rows[(setting, "i2moe")]
+        cells.append((guided["train_ms"], paper["train_ms"], ratio(guided["train_ms"], paper["train_ms"]),
+                      abs(guided["infer_ms"] / paper["infer_ms"] - 1)))
+    (g2, p2, r2, i2), (g3, p3, r3, i3) = cells
+    assert_quoted("docs/i2moe.md", f"train step of {g2:.0f} ms with the default objective against {p2:.0f} ms with the "
+                                   f"paper's at M = 2 ({r2}) and {g3:.0f} against {p3:.0f} ms at M = 3 ({r3})",
+                  f"differ by {100 * i2:.0f}% and {100 * i3:.0f}%")
+
+
 def step_times():
     return {(row["setting"], row["precision"], row["method"]): row for row in results("i2moe_step_time_cpu.json")}
 

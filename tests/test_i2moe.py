@@ -255,9 +255,10 @@ def test_torch_compile_smoke():
     compiled = torch.compile(interaction, backend="aot_eager", fullgraph=True)
     tokens = torch.randn(4, 2, 16)
     present = torch.ones(4, 2, dtype=torch.bool)
-    result = compiled(tokens, present=present, null_tokens=torch.zeros(2, 16))
+    # With labels: the default objective, label-guided terms and their first-call resolution included.
+    result = compiled(tokens, present=present, null_tokens=torch.zeros(2, 16), labels=torch.tensor([0, 1, 2, 0]))
     result.interaction_loss.backward()
-    assert torch.isfinite(result.interaction_loss)
+    assert torch.isfinite(result.interaction_loss) and "label_guidance" in result.loss_terms
     interaction.eval()
     torch.testing.assert_close(compiled(tokens, present=present, null_tokens=torch.zeros(2, 16)).logits,
                                interaction(tokens, present=present, null_tokens=torch.zeros(2, 16)).logits)
