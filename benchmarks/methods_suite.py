@@ -632,6 +632,7 @@ ACCEPTANCE = [
     ("avmnist", "vanilla_uniwarm_lf", ("vanilla_lf",)), ("avmnist", "i2moe_uniwarm_lf", ("vanilla_lf", "vanilla_uniwarm_lf")),
     ("avmnist", "i2moe_guided_lf", ("vanilla_lf",)), ("avmnist", "i2moe_guided_lrtf", ("vanilla_lrtf",)),
     ("avmnist", "i2moe_guided_transformer", ("vanilla_transformer",)), ("avmnist", "i2moe_guided1_lf", ("vanilla_lf",)),
+    ("avmnist", "i2moe_xl_lrtf", ("vanilla_lrtf",)),
     *(("fashion", method, ("image", "text")) for method in ("vanilla", "i2moe", "i2m2", "dmil", "dmil_fast2", "dmil_wide",
                                                             "dmil_lowkl", "dmil_fused", "dmil_mean", "i2moe_warm", "i2m2_staged",
                                                             "i2m2_product", "i2moe_normuni", "i2moe_guided",

@@ -371,6 +371,9 @@ def test_label_guidance_results_sentences():
         assert_quoted("docs/results.md", sentence)
         assert_quoted("docs/i2moe.md", f"{name} experts {gap[0]} from {name} fusion ({gap[1]}; {gap_paper[0]} above the "
                                        f"paper's losses, {gap_paper[1]})")
+    xl, guided_over_xl = paired("i2moe_xl_lrtf", "vanilla_lrtf"), paired("i2moe_guided_lrtf", "i2moe_xl_lrtf")
+    assert_quoted("docs/results.md", f"every expert's own clean cross-entropy at weight 1, eight seeds) is {xl[0]} from "
+                                     f"LRTF ({xl[1]}), and the guided mixture {guided_over_xl[0]} above it ({guided_over_xl[1]})")
     (median_demo, met_demo), (median_linear, met_linear) = fashion(demo, "i2moe_guided"), fashion(linear, "i2moe_guided")
     median_one, met_one = fashion(demo, "i2moe_guided1")
     assert_quoted("docs/results.md", lf_sentence,
